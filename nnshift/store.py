@@ -15,9 +15,9 @@ from jaxtyping import Float
 from safetensors.torch import load_file
 from torch import Tensor
 
-from nnshift.errors import CorruptStoreError, EmptyInputError, NonFiniteError, PairingError
+from nnshift.errors import CorruptStoreError, EmptyInputError, NonFiniteError, PairingError, StoreError
 
-__all__ = ["Activations", "pair", "atomic_write_bytes", "as_matrix"]
+__all__ = ["ActivationStore", "Activations", "as_matrix", "atomic_write_bytes", "load_activations", "pair"]
 
 FORMAT_VERSION = 1
 
@@ -166,3 +166,172 @@ def pair(acts_a: Activations, acts_b: Activations) -> tuple[Activations, Activat
             "capture both models on the same samples (e.g. ns.capture(ft, acts_a.samples, ...))",
         )
     return acts_a.select([a for a, _ in common]), acts_b.select([b for _, b in common])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded on-disk store: capture streams shards here; an interrupted capture resumes.
+# ---------------------------------------------------------------------------------------------
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+class ActivationStore:
+    """A folder of safetensors shards + ``manifest.json``, written atomically, resumable.
+
+    ``key`` identifies what is captured (model, layers, selector, dtype, hidden size); reopening a
+    folder with another key raises `StoreMismatchError`, so a resumed capture never mixes models.
+    Each shard holds one tensor per layer (``layer_<l>``) and lists its ids, answers and metadata
+    in the manifest, with the file's SHA-256.
+    """
+
+    MANIFEST = "manifest.json"
+
+    def __init__(self, path: str | Path, key: dict[str, Any]) -> None:
+        from nnshift.errors import StoreMismatchError
+
+        self.path = Path(path)
+        self.key = json.loads(json.dumps(key, default=str))
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = self.path / self.MANIFEST
+        if manifest.exists():
+            self.doc = self._read_manifest()
+            if self.doc.get("key") != self.key:
+                diff = {
+                    k: (self.doc.get("key", {}).get(k), self.key.get(k))
+                    for k in set(self.key) | set(self.doc.get("key", {}))
+                    if self.doc.get("key", {}).get(k) != self.key.get(k)
+                }
+                raise StoreMismatchError(
+                    f"{str(self.path)!r} holds a capture of another setting: {diff} (stored, requested)",
+                    "use a new out= folder, or delete this one to start over",
+                )
+        else:
+            self.doc = {"format_version": FORMAT_VERSION, "key": self.key, "shards": [], "skipped": [], "done": False}
+            self._write_manifest()
+
+    def _read_manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / self.MANIFEST).read_text())
+        except (json.JSONDecodeError, OSError) as exc:
+            raise CorruptStoreError(
+                f"manifest of {str(self.path)!r} cannot be read: {exc}", "delete the folder and capture again"
+            ) from exc
+
+    def _write_manifest(self) -> None:
+        atomic_write_bytes(self.path / self.MANIFEST, json.dumps(self.doc, default=str).encode())
+
+    @property
+    def done_ids(self) -> set[str]:
+        """Sample ids already stored (as rows) or already known to have no selected position."""
+        ids = {s for sh in self.doc["shards"] for s in sh["sample_ids"]}
+        return ids | set(self.doc["skipped"])
+
+    @property
+    def done(self) -> bool:
+        """Whether the capture finished."""
+        return bool(self.doc.get("done"))
+
+    def append(
+        self,
+        tensors: dict[str, Tensor],
+        ids: list[str],
+        sample_ids: list[str],
+        answers: list[str],
+        meta: list[dict[str, Any]],
+        skipped: list[str],
+    ) -> None:
+        """Write one shard (atomically) and record it, with the newly skipped sample ids, in the manifest."""
+        from safetensors.torch import save
+
+        if ids:
+            name = f"shard-{len(self.doc['shards']):05d}.safetensors"
+            data = save({k: v.contiguous() for k, v in tensors.items()})
+            atomic_write_bytes(self.path / name, data)
+            self.doc["shards"].append(
+                {
+                    "file": name,
+                    "n": len(ids),
+                    "sha256": _sha256(data),
+                    "ids": ids,
+                    "sample_ids": sorted(set(sample_ids)),
+                    "answers": answers,
+                    "meta": meta,
+                }
+            )
+        self.doc["skipped"] = [*self.doc["skipped"], *skipped]
+        self._write_manifest()
+
+    def finish(self) -> None:
+        """Mark the capture complete."""
+        self.doc["done"] = True
+        self._write_manifest()
+
+    def read(self) -> tuple[dict[str, Tensor], list[str], list[str], list[dict[str, Any]]]:
+        """All rows: per-layer tensors, ids, answers, meta (checksums verified)."""
+        parts: dict[str, list[Tensor]] = {}
+        ids: list[str] = []
+        answers: list[str] = []
+        meta: list[dict[str, Any]] = []
+        for sh in self.doc["shards"]:
+            f = self.path / sh["file"]
+            try:
+                data = f.read_bytes()
+            except OSError as exc:
+                raise CorruptStoreError(f"shard {str(f)!r} is missing", "delete the folder and capture again") from exc
+            if _sha256(data) != sh["sha256"]:
+                raise CorruptStoreError(
+                    f"shard {str(f)!r} fails its checksum",
+                    "delete this shard's entry (or the folder) and run the capture again to re-create it",
+                )
+            from safetensors.torch import load
+
+            for k, v in load(data).items():
+                parts.setdefault(k, []).append(v)
+            ids += sh["ids"]
+            answers += sh["answers"]
+            meta += sh["meta"]
+        return {k: torch.cat(v) for k, v in parts.items()}, ids, answers, meta
+
+    @classmethod
+    def open(cls, path: str | Path) -> ActivationStore:
+        """Open an existing store (whatever its key)."""
+        path = Path(path)
+        if not (path / cls.MANIFEST).exists():
+            raise CorruptStoreError(
+                f"{str(path)!r} is not an activation store (no {cls.MANIFEST})",
+                "pass the out= folder of ns.capture",
+            )
+        self = cls.__new__(cls)
+        self.path = path
+        self.doc = self._read_manifest()
+        self.key = self.doc.get("key", {})
+        return self
+
+    def activations(self, layer: int | None = None) -> Activations:
+        """The stored rows of one layer (the only one when ``layer`` is None) as `Activations`."""
+        tensors, ids, answers, meta = self.read()
+        layers = self.key.get("layers", [])
+        if layer is None:
+            if len(layers) != 1:
+                raise StoreError(f"{str(self.path)!r} holds layers {layers}", "pass layer=")
+            layer = layers[0]
+        name = f"layer_{layer}"
+        if name not in tensors:
+            dim = int(self.key.get("hidden_size", 0))
+            if ids or layer not in layers:
+                raise StoreError(f"{str(self.path)!r} has no layer {layer} (it holds {layers})", "pass one of those")
+            tensors[name] = torch.zeros(0, dim)
+        info = {**self.key, "layer": layer}
+        return Activations(tensors[name], ids, answers, meta, info=info, skipped=list(self.doc["skipped"]))
+
+
+def load_activations(path: str | Path, layer: int | None = None) -> Activations:
+    """Load `Activations` saved by `Activations.save` or streamed by ``ns.capture(out=...)``."""
+    path = Path(path)
+    if (path / ActivationStore.MANIFEST).exists():
+        return ActivationStore.open(path).activations(layer)
+    return Activations.load(path)

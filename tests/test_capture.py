@@ -1,0 +1,157 @@
+"""Capture on a tiny random LLaVA: equality with plain PyTorch hooks, resume, errors."""
+
+import warnings
+
+import pytest
+import torch
+
+import nnshift as ns
+from nnshift import positions as P
+from nnshift.capture import capture
+from nnshift.errors import CorruptStoreError, LayerOutOfRangeError, StoreMismatchError, TokenOfInterestError
+from nnshift.generation import generate
+from nnshift.models import load
+from nnshift.models.testing import build_tiny, tiny_image
+from nnshift.store import ActivationStore, load_activations
+
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    return load(build_tiny("llava", tmp_path_factory.mktemp("llava")))
+
+
+@pytest.fixture(scope="module")
+def samples():
+    prompts = ["what color is the circle", "how many", "is there a red square on the grass", "what"]
+    return [ns.Sample(id=f"s{i}", prompt=prompts[i % 4], image=tiny_image(i)) for i in range(10)]
+
+
+def _hf_greedy_with_hook(vlm, inputs, layer, max_new_tokens):
+    """Reference-style: plain HF generate, a forward hook copying every position at every step."""
+    seen = []
+    handle = vlm.layer_module(layer).register_forward_hook(
+        lambda _m, _i, out: seen.append((out[0] if isinstance(out, tuple) else out).detach().clone())
+    )
+    try:
+        with torch.no_grad():
+            out = vlm.hf.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=vlm.eos_token_ids,
+                pad_token_id=vlm.pad_token_id,
+            )
+    finally:
+        handle.remove()
+    return out[:, inputs["input_ids"].shape[1] :], torch.cat(seen, dim=1)  # [b, P + steps - 1, d]
+
+
+def test_last_prompt_equals_plain_forward_hook(vlm, samples):
+    acts = capture(vlm, samples[:4], layer=1, at="last_prompt", batch_size=4, progress=False)
+    inputs = vlm.prepare(samples[:4])
+    seen = []
+    h = vlm.layer_module(1).register_forward_hook(lambda _m, _i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        vlm.hf(**inputs)
+    h.remove()
+    assert acts.ids == ["s0", "s1", "s2", "s3"]
+    assert torch.equal(acts.tensor, seen[0][:, -1, :].float())
+    assert acts.info["layer"] == 1 and acts.info["versions"]["nnsight"]
+
+
+def test_generation_and_toi_equal_hf_generate_with_hook(vlm, samples):
+    batch = samples[:4]
+    inputs = vlm.prepare(batch)
+    gen, states = _hf_greedy_with_hook(vlm, inputs, -1, 6)
+    answers = generate(vlm, batch, max_new_tokens=6, progress=False)
+    assert answers == [
+        vlm.decode(g[: next((i for i, t in enumerate(g) if t in vlm.eos_token_ids), len(g))]) for g in gen
+    ]
+    word = answers[0].split()[1]
+    acts = capture(vlm, batch, layer=-1, at=P.token_of_interest(word), batch_size=4, max_new_tokens=6, progress=False)
+    assert "s0" in acts.ids
+    plen = inputs["input_ids"].shape[1]
+    for row, sid in enumerate(acts.ids):
+        b = int(sid[1:])
+        k = acts.meta[row]["toi_step"]
+        # the kept state predicts the TOI's first token: its position is the last prompt position + k
+        assert vlm.tokenizer.convert_ids_to_tokens(int(gen[b, k])) == word
+        assert torch.equal(acts.tensor[row], states[b, plen - 1 + k].float())
+
+
+def test_several_layers_one_pass_equal_separate(vlm, samples):
+    both = capture(vlm, samples[:5], layer=[0, -1], at=P.generated(reduce="mean"), max_new_tokens=4, progress=False)
+    one = capture(vlm, samples[:5], layer=0, at=P.generated(reduce="mean"), max_new_tokens=4, progress=False)
+    assert set(both) == {0, 1}
+    assert torch.equal(both[0].tensor, one.tensor) and both[0].ids == one.ids
+
+
+def test_image_positions_one_row_each(vlm, samples):
+    acts = capture(vlm, samples[:2], layer=0, at="image", progress=False)
+    n_img = int(vlm.image_token_mask(vlm.prepare(samples[:1])["input_ids"]).sum())
+    assert len(acts) == 2 * n_img and acts.ids[0].startswith("s0#")
+    mean = capture(vlm, samples[:2], layer=0, at="image", reduce="mean", progress=False)
+    assert torch.allclose(mean.tensor[0], acts.tensor[:n_img].mean(0), atol=1e-6)
+
+
+def test_interrupted_capture_resumes_identically(vlm, samples, tmp_path, monkeypatch):
+    sel = P.generated(reduce="mean")
+    full = capture(vlm, samples, layer=-1, at=sel, batch_size=2, shard_size=2, max_new_tokens=4, progress=False)
+    calls = {"n": 0}
+    original = ActivationStore.append
+
+    def failing(self, *a, **k):
+        original(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("interrupted after the second shard")
+
+    monkeypatch.setattr(ActivationStore, "append", failing)
+    with pytest.raises(KeyboardInterrupt):
+        capture(
+            vlm,
+            samples,
+            layer=-1,
+            at=sel,
+            batch_size=2,
+            shard_size=2,
+            max_new_tokens=4,
+            out=tmp_path / "c",
+            progress=False,
+        )
+    monkeypatch.setattr(ActivationStore, "append", original)
+    assert len(ActivationStore.open(tmp_path / "c").done_ids) == 4
+    resumed = capture(
+        vlm, samples, layer=-1, at=sel, batch_size=2, shard_size=2, max_new_tokens=4, out=tmp_path / "c", progress=False
+    )
+    assert resumed.ids == full.ids
+    assert torch.equal(resumed.tensor, full.tensor)
+    assert torch.equal(load_activations(tmp_path / "c").tensor, full.tensor)
+
+
+def test_resume_with_other_layer_is_refused(vlm, samples, tmp_path):
+    capture(vlm, samples[:2], layer=0, out=tmp_path / "s", progress=False)
+    with pytest.raises(StoreMismatchError, match="layers"):
+        capture(vlm, samples[:2], layer=1, out=tmp_path / "s", progress=False)
+
+
+def test_corrupt_shard_is_named(vlm, samples, tmp_path):
+    capture(vlm, samples[:2], layer=0, out=tmp_path / "s", progress=False)
+    shard = tmp_path / "s" / "shard-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="shard-00000"):
+        load_activations(tmp_path / "s")
+
+
+def test_toi_never_produced(vlm, samples):
+    with pytest.raises(TokenOfInterestError, match="never produced"):
+        capture(vlm, samples[:3], layer=-1, at=P.token_of_interest("zebra"), max_new_tokens=3, progress=False)
+
+
+def test_layer_out_of_range(vlm, samples):
+    with pytest.raises(LayerOutOfRangeError, match=r"-2\.\.1"):
+        capture(vlm, samples[:1], layer=2, progress=False)
