@@ -1,0 +1,138 @@
+"""Capture throughput: ns.capture (batch 16) vs a reference-style loop vs bare HF generate.
+
+The reference-style loop is what the paper's code does: batch 1, ``generate`` with a forward hook that
+copies every position to CPU at every step, then selects the TOI state. Bare ``generate`` (batch 16, no
+hook, no selection) is the floor: nnshift's overhead is measured against it.
+
+    python benchmarks/capture.py                      # shapes-base if the zoo is installed, TOI "circle"
+    python benchmarks/capture.py --model random --n 64
+
+Prints a Markdown table (samples/s, time relative to bare generate, speed-up over the reference loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+import warnings
+
+import torch
+
+import nnshift as ns
+from nnshift import positions as P
+from nnshift.positions import find_word_token
+
+warnings.filterwarnings("ignore")
+
+
+def _model_and_data(name: str, n: int) -> tuple[ns.VLM, list[ns.Sample], str]:
+    if name == "random":
+        from nnshift.models.testing import build_tiny, tiny_image
+
+        folder = build_tiny("llava", tempfile.mkdtemp(), text_layers=8, vision_layers=2)
+        vlm = ns.load(folder)
+        samples = [ns.Sample(id=str(i), prompt="what color is the circle", image=tiny_image(i)) for i in range(n)]
+        word = ns.generate(vlm, samples[:1], max_new_tokens=4, progress=False)[0].split()[0]
+        return vlm, samples, word
+    from nnshift import zoo
+
+    vlm = zoo.load(name)
+    samples = zoo.dataset(n, style="generic", task="caption", seed=123)
+    return vlm, samples, "circle"
+
+
+def reference_loop(vlm: ns.VLM, samples: list[ns.Sample], layer: int, word: str, max_new_tokens: int) -> int:
+    """Batch 1; a hook copies the whole block output to CPU at every forward call; select afterwards."""
+    sel = P.token_of_interest(word)
+    kept = 0
+    for s in samples:
+        seen: list[torch.Tensor] = []
+        handle = vlm.layer_module(layer).register_forward_hook(
+            lambda _m, _i, o: seen.append((o[0] if isinstance(o, tuple) else o).detach().cpu())
+        )
+        inputs = vlm.prepare([s])
+        with torch.no_grad():
+            out = vlm.hf.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=vlm.eos_token_ids,
+                pad_token_id=vlm.pad_token_id,
+            )
+        handle.remove()
+        states = torch.cat(seen, dim=1)[0]
+        plen = inputs["input_ids"].shape[1]
+        answer = out[0, plen:].tolist()
+        k = find_word_token(vlm.tokenizer, answer, sel)
+        if k is not None and plen - 1 + k < states.shape[0]:
+            _ = states[plen - 1 + k].clone()
+            kept += 1
+    return kept
+
+
+def bare_generate(vlm: ns.VLM, samples: list[ns.Sample], batch_size: int, max_new_tokens: int) -> None:
+    """Plain HF generate, batched, nothing captured."""
+    for start in range(0, len(samples), batch_size):
+        inputs = vlm.prepare(samples[start : start + batch_size])
+        with torch.no_grad():
+            vlm.hf.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=vlm.eos_token_ids,
+                pad_token_id=vlm.pad_token_id,
+            )
+
+
+def timed(fn, repeats: int) -> float:
+    """Best wall time of `repeats` runs (after one warm-up)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="shapes-base", help="a zoo name, or 'random' (a random LLaVA, 8 LM layers)")
+    ap.add_argument("--n", type=int, default=64, help="number of samples")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    vlm, samples, word = _model_and_data(args.model, args.n)
+    layer = -1
+    sel = P.token_of_interest(word)
+    res = {}
+    res["bare HF generate (batch %d)" % args.batch_size] = timed(
+        lambda: bare_generate(vlm, samples, args.batch_size, args.max_new_tokens), args.repeats
+    )
+    res["ns.capture (batch %d)" % args.batch_size] = timed(
+        lambda: ns.capture(
+            vlm, samples, layer, sel, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False
+        ),
+        args.repeats,
+    )
+    res["reference-style loop (batch 1, hook copies all)"] = timed(
+        lambda: reference_loop(vlm, samples, layer, word, args.max_new_tokens), args.repeats
+    )
+    acts = ns.capture(vlm, samples, layer, sel, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False)
+    bare = res["bare HF generate (batch %d)" % args.batch_size]
+    ref = res["reference-style loop (batch 1, hook copies all)"]
+    print(f"model: {vlm!r}; {args.n} samples; TOI {word!r} kept {len(acts)}; max_new_tokens {args.max_new_tokens}")
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print()
+    print("| method | time (s) | samples/s | time / bare generate | speed-up vs reference loop |")
+    print("|---|---|---|---|---|")
+    for name, t in res.items():
+        print(f"| {name} | {t:.2f} | {args.n / t:.1f} | {t / bare:.2f}x | {ref / t:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
