@@ -43,3 +43,13 @@ def test_as_matrix_checks():
         as_matrix(torch.zeros(0, 3))
     with pytest.raises(NonFiniteError, match="1 of 2 rows"):
         as_matrix(torch.tensor([[0.0, float("nan")], [1.0, 2.0]]))
+
+
+def test_jaxtyping_checks_are_active_in_tests():
+    """The pytest jaxtyping import hook checks nnshift's shape annotations at run time."""
+    import jaxtyping
+
+    from nnshift.positions import all as all_positions
+
+    with pytest.raises(jaxtyping.TypeCheckError):
+        all_positions().prefill_mask(torch.ones(4, dtype=torch.long), torch.zeros(4, dtype=torch.bool))

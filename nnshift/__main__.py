@@ -1,0 +1,5 @@
+import sys
+
+from nnshift.cli import main
+
+sys.exit(main())
