@@ -1,0 +1,141 @@
+"""A self-contained HTML report of a run: sections of tables and PNG figures, plus results.json."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nnshift.store import atomic_write_bytes
+
+__all__ = ["Report", "Section"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#1d1d1f;line-height:1.45}
+h1{font-size:1.8em;margin-bottom:.2em}h2{border-bottom:2px solid #e5e5ea;padding-bottom:.2em;margin-top:2em}
+.lead{color:#555}table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
+td,th{border:1px solid #d2d2d7;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f5f5f7}
+td.num{text-align:right;font-variant-numeric:tabular-nums}figure{margin:1em 0}figure img{max-width:100%;
+border:1px solid #e5e5ea}figcaption{color:#555;font-size:.9em}.finding{background:#f0f7ff;border-left:4px solid
+#0a84ff;padding:.5em .8em;margin:.6em 0}.timing td{font-size:.85em}nav a{margin-right:1em}
+"""
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return '<td class="num">–</td>'
+        return f'<td class="num">{v:.3g}</td>' if abs(v) < 1e4 else f'<td class="num">{v:.0f}</td>'
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f'<td class="num">{v}</td>'
+    if isinstance(v, (list, tuple)):
+        return f"<td>{html.escape(', '.join(str(x) for x in v))}</td>"
+    return f"<td>{html.escape(str(v))}</td>"
+
+
+@dataclass
+class Section:
+    """One report section: a title, short findings, tables (list of row dicts) and figures (PNG file names)."""
+
+    title: str
+    text: str = ""
+    findings: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        """HTML id of the section."""
+        return "".join(c if c.isalnum() else "-" for c in self.title.lower()).strip("-")
+
+    def to_html(self) -> str:
+        """The section as HTML."""
+        out = [f'<section id="{self.anchor}"><h2>{html.escape(self.title)}</h2>']
+        if self.text:
+            out.append(f"<p>{html.escape(self.text)}</p>")
+        out += [f'<div class="finding">{html.escape(f)}</div>' for f in self.findings]
+        for caption, rows in self.tables:
+            if not rows:
+                continue
+            cols = list(rows[0])
+            out.append(f"<table><caption>{html.escape(caption)}</caption><tr>")
+            out += [f"<th>{html.escape(str(c))}</th>" for c in cols]
+            out.append("</tr>")
+            for r in rows:
+                out.append("<tr>" + "".join(_cell(r.get(c, "")) for c in cols) + "</tr>")
+            out.append("</table>")
+        for caption, file in self.figures:
+            out.append(
+                f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        out.append("</section>")
+        return "\n".join(out)
+
+
+class Report:
+    """Collects sections, figures and numbers; `write` produces ``index.html``, PNGs and ``results.json``."""
+
+    def __init__(self, title: str, out: str | Path, subtitle: str = "") -> None:
+        self.title = title
+        self.subtitle = subtitle
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.sections: list[Section] = []
+        self.results: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+
+    def section(self, title: str, text: str = "") -> Section:
+        """Add and return a new section."""
+        s = Section(title, text)
+        self.sections.append(s)
+        return s
+
+    def figure(self, section: Section, fig: Any, name: str, caption: str) -> str:
+        """Save a matplotlib figure as ``name.png`` next to the report and add it to `section`."""
+        import matplotlib.pyplot as plt
+
+        file = f"{name}.png"
+        fig.savefig(self.out / file, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        section.figures.append((caption, file))
+        return file
+
+    def write(self) -> Path:
+        """Write ``index.html`` and ``results.json``; returns the HTML path."""
+        nav = " ".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in self.sections)
+        timing_rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td class='num'>{v:.1f} s</td></tr>" for k, v in self.timings.items()
+        )
+        total = sum(self.timings.values())
+        body = "\n".join(s.to_html() for s in self.sections)
+        doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>
+<h1>{html.escape(self.title)}</h1><p class="lead">{html.escape(self.subtitle)}</p><nav>{nav}</nav>
+{body}
+<section id="timings"><h2>Run time per stage</h2><table class="timing">{timing_rows}
+<tr><th>total</th><th class='num'>{total:.1f} s</th></tr></table></section>
+</body></html>"""
+        atomic_write_bytes(self.out / "index.html", doc.encode())
+        results = {**self.results, "timings_s": self.timings}
+        atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2, default=_json_default).encode())
+        return self.out / "index.html"
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import torch
+
+        if isinstance(o, torch.Tensor):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
