@@ -2,18 +2,19 @@
 
 __version__ = "0.1.0"
 
-from nnshift import data, errors, positions
-from nnshift.capture import capture
-from nnshift.data import Sample
-from nnshift.errors import NnshiftError
-from nnshift.generation import generate
-from nnshift.models import VLM, load
-from nnshift.store import Activations, ActivationStore, load_activations, pair
+from nnshift import data, errors, models, plots, positions, shift  # noqa: E402
+from nnshift.capture import capture  # noqa: E402
+from nnshift.data import Sample  # noqa: E402
+from nnshift.errors import NnshiftError  # noqa: E402
+from nnshift.generation import generate  # noqa: E402
+from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures  # noqa: E402
+from nnshift.store import Activations, ActivationStore, load_activations, pair  # noqa: E402
 
 __all__ = [
     "VLM",
     "ActivationStore",
     "Activations",
+    "ModelAdapter",
     "NnshiftError",
     "Sample",
     "__version__",
@@ -23,6 +24,11 @@ __all__ = [
     "generate",
     "load",
     "load_activations",
+    "models",
     "pair",
+    "plots",
     "positions",
+    "register_adapter",
+    "shift",
+    "supported_architectures",
 ]

@@ -19,6 +19,8 @@ __all__ = [
     "DataFormatError",
     "PairingError",
     "ConceptError",
+    "ZooError",
+    "SteeringError",
 ]
 
 
@@ -89,3 +91,11 @@ class PairingError(NnshiftError, ValueError):
 
 class ConceptError(NnshiftError, ValueError):
     """Bad concept-dictionary input: K too large, K mismatch, unknown method."""
+
+
+class ZooError(NnshiftError, LookupError):
+    """An unknown shapes-zoo model name, or a zoo checkpoint that is missing on disk."""
+
+
+class SteeringError(NnshiftError, ValueError):
+    """Inconsistent steering inputs: vectors from different layers, a patch with no layer, bad per-sample scales."""

@@ -1,0 +1,81 @@
+"""Loading HF processors, with an image-only fallback where the video processor needs the missing torchvision."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+__all__ = ["image_only_processor", "load_processor", "render_chat"]
+
+
+@cache
+def _lenient(cls: type) -> type:
+    """A same-named subclass of processor `cls` that accepts ``video_processor=None``."""
+
+    def check_argument_for_proper_class(self: Any, argument_name: str, argument: Any) -> Any:
+        if argument is None and "video" in argument_name:
+            return None
+        return cls.check_argument_for_proper_class(self, argument_name, argument)
+
+    def save_pretrained(self: Any, save_directory: str | Path, **kwargs: Any) -> list[str]:
+        if all(getattr(self, name, None) is not None for name in self.get_attributes()):
+            return cls.save_pretrained(self, save_directory, **kwargs)
+        # transformers' save_pretrained touches every sub-processor: save the ones present, then the config
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer._set_processor_class(cls.__name__)
+        self.tokenizer.save_pretrained(folder)
+        if isinstance(self.chat_template, str):
+            (folder / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+        out = folder / "processor_config.json"
+        self.to_json_file(str(out))
+        return [str(out)]
+
+    namespace = {"check_argument_for_proper_class": check_argument_for_proper_class, "save_pretrained": save_pretrained}
+    return type(cls.__name__, (cls,), namespace)
+
+
+def image_only_processor(cls: type, image_processor: Any, tokenizer: Any, **kwargs: Any) -> Any:
+    """Processor `cls` (e.g. Qwen2VLProcessor) built with no video processor (images and text only)."""
+    return _lenient(cls)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **kwargs)
+
+
+def _needs_torchvision(exc: BaseException) -> bool:
+    """Whether `exc` is transformers failing on a torchvision-only class or an absent video processor."""
+    text = str(exc).lower()
+    return "torchvision" in text or "video processor" in text or "video_processor" in text
+
+
+def load_processor(path: str | Path, **kwargs: Any) -> Any:
+    """`AutoProcessor.from_pretrained`, falling back to an image-only processor when torchvision is missing."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        return AutoProcessor.from_pretrained(path, **kwargs)
+    except (ImportError, OSError, ValueError, TypeError, AttributeError) as exc:
+        if not _needs_torchvision(exc):
+            raise
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    cls = PROCESSOR_MAPPING[type(config)]
+    processor_dict, _ = cls.get_processor_dict(path, **kwargs)
+    image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    lenient = _lenient(cls)
+    names = lenient.get_attributes()
+    by_name = {"image_processor": image_processor, "tokenizer": tokenizer}
+    args = [by_name.get(name) for name in names]
+    return lenient.from_args_and_dict(args, processor_dict)
+
+
+def render_chat(owner: Any, tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    """The chat template of `owner` (processor or tokenizer) applied to `messages`, as text."""
+    try:
+        return owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except AttributeError:
+        # e.g. SmolVLM's processor reads its (absent) video processor's settings: render with the tokenizer
+        return tokenizer.apply_chat_template(
+            messages, chat_template=owner.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )

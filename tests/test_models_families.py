@@ -1,0 +1,228 @@
+"""Every supported family, built tiny from a config, saved, and loaded through ns.load(path).
+
+Each multimodal model has a vision tower deeper (4 layers) than its language model (3 layers), so a layer
+index that exists only in the vision encoder must be refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnshift.data import Sample
+from nnshift.errors import LayerOutOfRangeError
+from nnshift.models import VLM, load
+from nnshift.models.testing import MULTIMODAL_ARCHES, TEXT_ARCHES, build_tiny, tiny_image
+
+VISION_LAYERS, TEXT_LAYERS = 4, 3
+
+FAMILY = {
+    "llava": ("llava", "LlavaForConditionalGeneration"),
+    "llava_next": ("llava_next", "LlavaNextForConditionalGeneration"),
+    "qwen2_vl": ("qwen2_vl", "Qwen2VLForConditionalGeneration"),
+    "qwen2_5_vl": ("qwen2_vl", "Qwen2_5_VLForConditionalGeneration"),
+    "idefics2": ("idefics2", "Idefics2ForConditionalGeneration"),
+    "idefics3": ("idefics3", "Idefics3ForConditionalGeneration"),
+    "smolvlm": ("idefics3", "SmolVLMForConditionalGeneration"),
+    "gemma3": ("gemma3", "Gemma3ForConditionalGeneration"),
+    "paligemma": ("paligemma", "PaliGemmaForConditionalGeneration"),
+    "llama": ("llama", "LlamaForCausalLM"),
+    "qwen2": ("llama", "Qwen2ForCausalLM"),
+    "gpt2": ("gpt2", "GPT2LMHeadModel"),
+}
+
+_LOADED: dict[str, VLM] = {}
+
+
+def _needs(arch: str) -> None:
+    if arch == "smolvlm":
+        pytest.importorskip("num2words", reason="transformers' SmolVLMProcessor needs num2words")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("families")
+
+
+def get_vlm(arch: str, root: Path) -> VLM:
+    """Build (once per module) and load the tiny model of `arch`."""
+    _needs(arch)
+    if arch not in _LOADED:
+        opts = {"vision_layers": VISION_LAYERS, "text_layers": TEXT_LAYERS} if arch in MULTIMODAL_ARCHES else {}
+        if arch in TEXT_ARCHES:
+            opts = {"layers": TEXT_LAYERS}
+        path = build_tiny(arch, root / arch, **opts)
+        _LOADED[arch] = load(path)
+    return _LOADED[arch]
+
+
+def samples_for(vlm: VLM) -> list[Sample]:
+    with_image = vlm.is_multimodal
+    return [
+        Sample(id="a", prompt="what color is the dog ?", image=tiny_image(0) if with_image else None),
+        Sample(id="b", prompt="how many cats", image=tiny_image(1, size=(64, 48)) if with_image else None),
+    ]
+
+
+def resid_by_hook(vlm: VLM, i: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The block-`i` output seen by a plain torch forward hook on the HF module (independent of nnsight)."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m, _i, out):
+        seen.append(out[0] if isinstance(out, tuple) else out)
+
+    handle = vlm.layer_module(i).register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            vlm.hf(**inputs)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+ALL = list(MULTIMODAL_ARCHES) + list(TEXT_ARCHES)
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_load_validates_layers(arch: str, root: Path) -> None:
+    vlm = get_vlm(arch, root)
+    family, cls_name = FAMILY[arch]
+    assert type(vlm.hf).__name__ == cls_name and vlm.adapter.family == family
+    assert vlm.n_layers == TEXT_LAYERS and vlm.hidden_size == 32
+    assert vlm.is_multimodal == (arch in MULTIMODAL_ARCHES)
+    assert (vlm.processor is not None) == vlm.is_multimodal
+    assert vlm.vocab_size == vlm.hf.get_output_embeddings().out_features
+    layer_modules = {id(vlm.layer(i)._module) for i in range(TEXT_LAYERS)}
+    assert layer_modules == {id(vlm.layer_module(i)) for i in range(TEXT_LAYERS)}
+    if vlm.is_multimodal:
+        lm = vlm.hf.get_decoder() if hasattr(vlm.hf, "get_decoder") else None
+        vision_ids = {
+            id(m)
+            for name, m in vlm.hf.named_modules()
+            if any(k in name for k in ("vision_tower", "vision_model", "visual"))
+        }
+        assert vision_ids, "the tiny model should have a vision tower"
+        assert not layer_modules & vision_ids
+        if lm is not None:
+            assert all(id(vlm.layer_module(i)) in {id(m) for m in lm.modules()} for i in range(TEXT_LAYERS))
+    with pytest.raises(LayerOutOfRangeError, match=f"valid indices are -{TEXT_LAYERS}..{TEXT_LAYERS - 1}"):
+        vlm.layer(VISION_LAYERS - 1 if vlm.is_multimodal else TEXT_LAYERS)
+    assert vlm.tokenizer.eos_token_id in vlm.eos_token_ids
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_trace_reads_middle_and_last_residual_and_image_mask(arch: str, root: Path) -> None:
+    vlm = get_vlm(arch, root)
+    inputs = vlm.prepare(samples_for(vlm))
+    ids = inputs["input_ids"]
+    assert bool(inputs["attention_mask"][:, -1].all())  # left padding
+    # image-token mask against the token strings
+    mask = vlm.image_token_mask(ids)
+    if vlm.is_multimodal:
+        tokens = [vlm.tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()]
+        expected = torch.tensor([[t == vlm.adapter.image_token for t in row] for row in tokens])
+        assert torch.equal(mask, expected)
+        assert (mask.sum(1) > 0).all()
+    else:
+        assert not mask.any()
+    mid, last = 1, -1
+    with vlm.model.trace(**inputs):
+        h_mid = vlm.get_resid(mid).save()
+        h_last = vlm.get_resid(last).save()
+        out = vlm.model.output.save()
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    assert h_mid.shape == h_last.shape == (*ids.shape, 32)
+    # the longest (unpadded) row must match a plain HF forward read with a torch hook
+    full = int(inputs["attention_mask"].sum(1).argmax())
+    if bool(inputs["attention_mask"][full].all()):
+        torch.testing.assert_close(h_mid[full], resid_by_hook(vlm, mid, inputs)[full], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(h_last[full], resid_by_hook(vlm, last, inputs)[full], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(vlm.logit_lens(h_last[:, -1]), logits[:, -1].float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_padding_does_not_change_a_sample(arch: str, root: Path) -> None:
+    vlm = get_vlm(arch, root)
+    both = samples_for(vlm)
+    batch = vlm.prepare(both)
+    short = int(batch["attention_mask"].sum(1).argmin())
+    alone = vlm.prepare([both[short]])
+    n = alone["input_ids"].shape[1]
+    assert torch.equal(batch["input_ids"][short, -n:], alone["input_ids"][0])
+    with vlm.model.trace(**batch):
+        hb = vlm.get_resid(-1).save()
+    with vlm.model.trace(**alone):
+        ha = vlm.get_resid(-1).save()
+    torch.testing.assert_close(hb[short, -n:], ha[0], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_generate_matches_hf_generate(arch: str, root: Path) -> None:
+    vlm = get_vlm(arch, root)
+    inputs = vlm.prepare(samples_for(vlm))
+    n = 3
+    with vlm.model.generate(**inputs, max_new_tokens=n, do_sample=False, min_new_tokens=n) as tracer:
+        out = tracer.result.save()
+    with torch.no_grad():
+        ref = vlm.hf.generate(**inputs, max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    assert out.shape == (2, inputs["input_ids"].shape[1] + n)
+    assert torch.equal(out, ref)
+    assert all(isinstance(vlm.decode(row[-n:]), str) for row in out)
+
+
+@pytest.mark.parametrize("arch", [a for a in MULTIMODAL_ARCHES if a != "paligemma"])
+def test_text_only_prompt_on_a_multimodal_model(arch: str, root: Path) -> None:
+    vlm = get_vlm(arch, root)
+    inputs = vlm.prepare([Sample(id="t", prompt="describe the image"), Sample(id="u", prompt="what")])
+    assert not vlm.image_token_mask(inputs["input_ids"]).any()
+    with vlm.model.trace(**inputs):
+        h = vlm.get_resid(-1).save()
+    assert h.shape == (*inputs["input_ids"].shape, 32) and torch.isfinite(h).all()
+
+
+LLAMA_LIKE = [
+    ("MistralConfig", "MistralForCausalLM"),
+    ("Qwen3Config", "Qwen3ForCausalLM"),
+    ("GemmaConfig", "GemmaForCausalLM"),
+    ("Gemma2Config", "Gemma2ForCausalLM"),
+    ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    ("Phi3Config", "Phi3ForCausalLM"),
+    ("OlmoConfig", "OlmoForCausalLM"),
+    ("Olmo2Config", "Olmo2ForCausalLM"),
+]
+
+
+@pytest.mark.parametrize(("config_name", "model_name"), LLAMA_LIKE)
+def test_other_llama_like_causal_lms(config_name: str, model_name: str, root: Path) -> None:
+    import transformers
+
+    from nnshift.models.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer("llama")
+    cfg = getattr(transformers, config_name)(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    folder = root / model_name
+    getattr(transformers, model_name)(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    vlm = load(folder)
+    assert type(vlm.hf).__name__ == model_name and vlm.n_layers == 2
+    inputs = vlm.prepare([Sample(id="a", prompt="what color is the dog")])
+    with vlm.model.trace(**inputs):
+        h = vlm.get_resid(-1).save()
+        logits = vlm.model.output.logits.save()
+    # final norm + unembedding (+ soft-capping for Gemma 2) reproduce the model's logits
+    torch.testing.assert_close(vlm.logit_lens(h[:, -1]), logits[:, -1].float(), rtol=1e-4, atol=1e-4)
