@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, TokenOfInterestError
-from nnshift.generation import run_generation
+from nnshift.generation import ensure_remote_ready, run_generation
 from nnshift.positions import Generated, SelectorLike, TokenOfInterest, as_selector, find_word_token
 from nnshift.store import Activations, ActivationStore
 
@@ -64,9 +64,16 @@ class _Rows:
 
 
 def _rows_from_generation(
-    vlm: Any, batch: Sequence[Sample], selector: Any, layers: list[int], max_new_tokens: int, rows: _Rows, dtype: Any
+    vlm: Any,
+    batch: Sequence[Sample],
+    selector: Any,
+    layers: list[int],
+    max_new_tokens: int,
+    rows: _Rows,
+    dtype: Any,
+    remote: bool = False,
 ) -> None:
-    run = run_generation(vlm, vlm.prepare(batch), max_new_tokens, layers=layers)
+    run = run_generation(vlm, vlm.prepare(batch), max_new_tokens, layers=layers, remote=remote)
     n_steps = len(run.states[layers[0]])
     for b, sample in enumerate(batch):
         answer_ids = run.tokens[b]
@@ -96,13 +103,22 @@ def _rows_from_generation(
 
 
 def _rows_from_forward(
-    vlm: Any, batch: Sequence[Sample], selector: Any, layers: list[int], reduce: str | None, rows: _Rows, dtype: Any
+    vlm: Any,
+    batch: Sequence[Sample],
+    selector: Any,
+    layers: list[int],
+    reduce: str | None,
+    rows: _Rows,
+    dtype: Any,
+    remote: bool = False,
 ) -> None:
+    if remote:
+        ensure_remote_ready()
     inputs = vlm.prepare(batch)
     attn = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     mask = selector.prefill_mask(attn.cpu(), vlm.image_token_mask(inputs["input_ids"]).cpu())
     dev_mask = mask.to(inputs["input_ids"].device)
-    with vlm.model.trace(dict(inputs)):
+    with vlm.model.trace(dict(inputs), remote=remote):
         saved = list().save()
         for layer in layers:
             saved.append(vlm.get_resid(layer)[dev_mask].detach().cpu())
@@ -138,6 +154,7 @@ def capture(
     shard_size: int = 256,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    remote: bool = False,
 ) -> Activations | dict[int, Activations]:
     """Residual-stream states of ``vlm`` after decoder block ``layer`` at the positions ``at`` selects.
 
@@ -147,7 +164,8 @@ def capture(
     (one row per position, id ``"<sample id>#<position>"``). Samples where nothing is selected (e.g. the
     TOI is not in the answer) are listed in ``Activations.skipped``. With ``out=DIR`` the rows are streamed
     to shards on disk (atomic writes); running the same call again resumes where it stopped.
-    Several layers (a list) give a dict ``{layer: Activations}`` from one pass.
+    Several layers (a list) give a dict ``{layer: Activations}`` from one pass. ``remote=True`` runs the
+    traces on NDIF (nnsight's ``CONFIG.API``; see docs/remote.md).
     """
     if len(samples) == 0:
         raise EmptyInputError("capture() got no samples", "pass at least one Sample")
@@ -194,9 +212,9 @@ def capture(
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             if selector.needs_generation:
-                _rows_from_generation(vlm, batch, selector, layers, max_new_tokens, rows, dtype)
+                _rows_from_generation(vlm, batch, selector, layers, max_new_tokens, rows, dtype, remote)
             else:
-                _rows_from_forward(vlm, batch, selector, layers, reduce, rows, dtype)
+                _rows_from_forward(vlm, batch, selector, layers, reduce, rows, dtype, remote)
             pending += len(batch)
             bar.update(len(batch))
             bar.set_postfix(kept=len(rows.ids), skipped=len(rows.skipped))

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError
 
-__all__ = ["BatchRun", "Edit", "generate", "run_generation", "trim_answer"]
+__all__ = ["BatchRun", "Edit", "ensure_remote_ready", "generate", "run_generation", "trim_answer"]
 
 #: an edit applied inside the trace at each generation step: edit(vlm, step, inputs)
 Edit = Callable[[Any, int, dict[str, Tensor]], None]
@@ -42,6 +42,15 @@ def trim_answer(ids: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
             break
         out.append(int(t))
     return out
+
+
+def ensure_remote_ready() -> None:
+    """Register nnshift with nnsight so that trace bodies calling nnshift code run on an NDIF server without it."""
+    import nnsight
+
+    import nnshift
+
+    nnsight.register(nnshift)
 
 
 def _unembed_envoy(vlm: Any) -> Any:
@@ -72,6 +81,7 @@ def run_generation(
         "eos_token_id": eos,
     }
     if remote:
+        ensure_remote_ready()
         kwargs["remote"] = True
     with vlm.model.generate(dict(inputs), **kwargs) as tracer:
         toks = list().save()
