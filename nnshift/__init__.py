@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from nnshift import data, errors, models, plots, positions, shift  # noqa: E402
+from nnshift import concepts, data, errors, models, plots, positions, shift  # noqa: E402
 from nnshift.capture import capture  # noqa: E402
 from nnshift.data import Sample  # noqa: E402
 from nnshift.errors import NnshiftError  # noqa: E402
@@ -19,6 +19,7 @@ __all__ = [
     "Sample",
     "__version__",
     "capture",
+    "concepts",
     "data",
     "errors",
     "generate",

@@ -1,0 +1,238 @@
+"""ConceptDictionary: K concept vectors with their method, parameters, fit diagnostics and provenance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float, Int
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import Tensor
+
+from nnshift.concepts.methods import ConceptMethod, get_method
+from nnshift.errors import ConceptError, CorruptStoreError, HiddenSizeMismatchError
+from nnshift.store import Activations, as_matrix, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from nnshift.concepts.grounding import TopSamples
+
+__all__ = ["ConceptDictionary", "FORMAT_VERSION", "matrix"]
+
+FORMAT_VERSION = 1
+_TENSORS = "concepts.safetensors"
+_JSON = "concepts.json"
+
+
+def matrix(x: Any, name: str = "activations") -> Float[Tensor, "m d"]:
+    """``x`` (`Activations` or tensor) as a checked ``[M, D]`` tensor; `ConceptError` when it is not 2-D."""
+    t = x.tensor if isinstance(x, Activations) else x
+    if not isinstance(t, Tensor) or t.ndim != 2:
+        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ConceptError(
+            f"{name} must be an [M, D] tensor or Activations, got {shape}",
+            "stack one vector per row (x[None] for a single vector)",
+        )
+    return as_matrix(x, name=name)
+
+
+@dataclass(eq=False)
+class ConceptDictionary:
+    """K concepts ``U`` (``[K, D]``) learnt (or given) with a method, and how to compute activations.
+
+    ``params`` are the method's resolved parameters, ``diagnostics`` the fit record (``loss`` per
+    iteration, ``reconstruction_error`` = ``‖Z - Ẑ‖_F / ‖Z‖_F`` ...), ``info`` the provenance
+    (activations' info, number of samples, seed, versions), ``state`` the extra tensors a method
+    needs (PCA's ``mean``, NMF's ``offset``), ``codes`` the activations of the training rows.
+    """
+
+    concepts: Float[Tensor, "k d"]
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Tensor] = field(default_factory=dict)
+    codes: Float[Tensor, "m k"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.concepts.ndim != 2 or self.concepts.shape[0] == 0 or self.concepts.shape[1] == 0:
+            raise ConceptError(
+                f"concepts must be a non-empty [K, D] tensor, got shape {tuple(self.concepts.shape)}",
+                "pass one concept vector per row",
+            )
+
+    # ------------------------------------------------------------------ basic properties
+    @property
+    def k(self) -> int:
+        """Number of concepts K."""
+        return int(self.concepts.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Hidden size D."""
+        return int(self.concepts.shape[1])
+
+    @property
+    def reconstruction_error(self) -> float | None:
+        """Relative reconstruction error of the training data (None for given concepts)."""
+        return self.diagnostics.get("reconstruction_error")
+
+    def __len__(self) -> int:
+        return self.k
+
+    def __repr__(self) -> str:
+        err = self.reconstruction_error
+        err_s = f", reconstruction_error={err:.4g}" if isinstance(err, float) else ""
+        return f"ConceptDictionary(method={self.method!r}, k={self.k}, dim={self.dim}{err_s})"
+
+    def _method(self) -> ConceptMethod:
+        return get_method(self.method)
+
+    def to(self, device: str | torch.device) -> ConceptDictionary:
+        """A copy with every tensor on ``device``."""
+        return ConceptDictionary(
+            concepts=self.concepts.to(device),
+            method=self.method,
+            params=dict(self.params),
+            diagnostics=dict(self.diagnostics),
+            info=dict(self.info),
+            state={k: v.to(device) for k, v in self.state.items()},
+            codes=self.codes.to(device) if self.codes is not None else None,
+        )
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_concepts(cls, concepts: Float[Tensor, "k d"], method: str = "kmeans", **params: Any) -> ConceptDictionary:
+        """A dictionary from given vectors (e.g. shifted concepts); `transform` works as for a fitted one.
+
+        Tensor-valued ``params`` named in the method's ``state_keys`` (PCA's ``mean``, NMF's
+        ``offset``) become its state; the others are the method's parameters.
+        """
+        u = matrix(concepts, name="concepts").detach().to(torch.float32)
+        m = get_method(method)
+        state: dict[str, Tensor] = {}
+        for key in m.state_keys:
+            if key in params:
+                t = params.pop(key)
+                if not isinstance(t, Tensor) or t.shape != (u.shape[1],):
+                    raise ConceptError(
+                        f"{key} must be a [D] = [{u.shape[1]}] tensor",
+                        f"pass the {key} vector of the data the concepts come from",
+                    )
+                state[key] = t.detach().to(device=u.device, dtype=torch.float32)
+        p = m.resolve_params(params)
+        m.check_concepts(u, p)
+        json_p = {k: (f"<tensor {list(v.shape)}>" if isinstance(v, Tensor) else v) for k, v in p.items()}
+        return cls(
+            concepts=u,
+            method=method,
+            params=json_p,
+            diagnostics={"fitted": False},
+            info={"source": "from_concepts"},
+            state=state,
+        )
+
+    # ------------------------------------------------------------------ activations
+    def _matrix(self, acts: Activations | Tensor) -> Float[Tensor, "m d"]:
+        z = matrix(acts)
+        if z.shape[1] != self.dim:
+            raise HiddenSizeMismatchError(
+                f"activations have hidden size {z.shape[1]} but the concepts have {self.dim}",
+                "use activations of the same model and layer as the dictionary",
+            )
+        return z.to(torch.float32)
+
+    def _on(self, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.concepts.to(device), {k: v.to(device) for k, v in self.state.items()}
+
+    def transform(self, acts: Activations | Float[Tensor, "m d"]) -> Float[Tensor, "m k"]:
+        """Activations ``V`` (``[M, K]``) of the rows of ``acts`` on the concepts (method-specific)."""
+        z = self._matrix(acts)
+        u, state = self._on(z.device)
+        return self._method().transform(u, z, self.params, state)
+
+    def reconstruct(self, acts: Activations | Float[Tensor, "m d"]) -> Float[Tensor, "m d"]:
+        """The rows of ``acts`` rebuilt from their activations (``V U``, + mean/offset; nearest centroid for k-means)."""
+        z = self._matrix(acts)
+        u, state = self._on(z.device)
+        m = self._method()
+        return m.reconstruct(u, m.transform(u, z, self.params, state), self.params, state)
+
+    def scores(self, acts: Activations | Float[Tensor, "m d"]) -> Float[Tensor, "m k"]:
+        """How strongly each row expresses each concept: ``|v|`` (k-means: the similarity itself)."""
+        return self._method().scores(self.transform(acts), self.params)
+
+    def assign(self, acts: Activations | Float[Tensor, "m d"]) -> Int[Tensor, " m"]:
+        """The concept of each row: ``argmax_i |v_i|`` (k-means: the most similar centroid)."""
+        return self.scores(acts).argmax(dim=1)
+
+    # ------------------------------------------------------------------ grounding
+    def ground_text(self, vlm: Any, top: int = 15, pre_top: int = 200, **kwargs: Any) -> list[list[str]]:
+        """Words of each concept decoded through the model's final norm and unembedding (see grounding)."""
+        from nnshift.concepts.grounding import ground_text
+
+        return ground_text(self, vlm, top=top, pre_top=pre_top, **kwargs)
+
+    def top_samples(self, acts: Activations | Float[Tensor, "m d"], n: int = 5) -> TopSamples:
+        """The ``n`` most activating samples of each concept (see grounding.top_samples)."""
+        from nnshift.concepts.grounding import top_samples
+
+        return top_samples(self, acts, n=n)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Save as ``path/concepts.safetensors`` + ``path/concepts.json`` (atomic; no pickle)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {"concepts": self.concepts.detach().cpu().contiguous()}
+        if self.codes is not None:
+            tensors["codes"] = self.codes.detach().cpu().contiguous()
+        for key, t in self.state.items():
+            tensors[f"state.{key}"] = t.detach().cpu().contiguous()
+        doc = {
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "params": self.params,
+            "diagnostics": self.diagnostics,
+            "info": self.info,
+        }
+        atomic_write_bytes(path / _TENSORS, save(tensors))
+        atomic_write_bytes(path / _JSON, json.dumps(doc, default=str, indent=1).encode())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ConceptDictionary:
+        """Load what `save` wrote."""
+        path = Path(path)
+        try:
+            doc = json.loads((path / _JSON).read_text())
+            tensors = load_file(str(path / _TENSORS), device=str(device))
+            concepts = tensors["concepts"]
+            method = doc["method"]
+        except FileNotFoundError as exc:
+            raise CorruptStoreError(
+                f"no saved concept dictionary in {str(path)!r}: {exc.filename} is missing",
+                "pass the folder that ConceptDictionary.save wrote",
+            ) from exc
+        except (json.JSONDecodeError, KeyError, OSError, SafetensorError) as exc:
+            raise CorruptStoreError(
+                f"cannot read the concept dictionary in {str(path)!r}: {exc}", "save the dictionary again"
+            ) from exc
+        if doc.get("format_version", 0) > FORMAT_VERSION:
+            raise CorruptStoreError(
+                f"{str(path)!r} was written by a newer nnshift (format {doc['format_version']})",
+                "upgrade nnshift",
+            )
+        state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+        return cls(
+            concepts=concepts,
+            method=method,
+            params=doc.get("params", {}),
+            diagnostics=doc.get("diagnostics", {}),
+            info=doc.get("info", {}),
+            state=state,
+            codes=tensors.get("codes"),
+        )
