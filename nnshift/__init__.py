@@ -2,13 +2,14 @@
 
 __version__ = "0.1.0"
 
-from nnshift import concepts, data, errors, models, plots, positions, shift  # noqa: E402
-from nnshift.capture import capture  # noqa: E402
-from nnshift.data import Sample  # noqa: E402
-from nnshift.errors import NnshiftError  # noqa: E402
-from nnshift.generation import generate  # noqa: E402
-from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures  # noqa: E402
-from nnshift.store import Activations, ActivationStore, load_activations, pair  # noqa: E402
+from nnshift import concepts, data, errors, evaluate, models, plots, positions, shift, steering
+from nnshift.capture import capture
+from nnshift.data import Sample
+from nnshift.errors import NnshiftError
+from nnshift.generation import generate
+from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures
+from nnshift.steering import steer
+from nnshift.store import Activations, ActivationStore, load_activations, pair
 
 __all__ = [
     "VLM",
@@ -22,6 +23,7 @@ __all__ = [
     "concepts",
     "data",
     "errors",
+    "evaluate",
     "generate",
     "load",
     "load_activations",
@@ -31,5 +33,7 @@ __all__ = [
     "positions",
     "register_adapter",
     "shift",
+    "steer",
+    "steering",
     "supported_architectures",
 ]

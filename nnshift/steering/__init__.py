@@ -1,0 +1,48 @@
+"""Steering: vectors (coarse, target-answer, fine-grained), trace-time patches, and how to choose vectors."""
+
+from nnshift.steering.patches import BoundPatch, Patch, PatchSet, steer
+from nnshift.steering.select import (
+    ImpactScore,
+    ProximityScore,
+    answer_changes,
+    by_impact,
+    by_proximity,
+    cluster_changes,
+    kmeans_1d,
+    rank_impact,
+    word_direction,
+)
+from nnshift.steering.vectors import (
+    SteeringVector,
+    answer_type_vector,
+    coarse,
+    fine,
+    fine_all,
+    load_vectors,
+    save_vectors,
+    target_answer,
+)
+
+__all__ = [
+    "BoundPatch",
+    "ImpactScore",
+    "Patch",
+    "PatchSet",
+    "ProximityScore",
+    "SteeringVector",
+    "answer_changes",
+    "answer_type_vector",
+    "by_impact",
+    "by_proximity",
+    "cluster_changes",
+    "coarse",
+    "fine",
+    "fine_all",
+    "kmeans_1d",
+    "load_vectors",
+    "rank_impact",
+    "save_vectors",
+    "steer",
+    "target_answer",
+    "word_direction",
+]

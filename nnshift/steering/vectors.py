@@ -1,0 +1,441 @@
+"""Steering vectors: a ``[D]`` direction for one layer's residual stream, with how it was made; makers and I/O.
+
+Makers (all in float32):
+
+* `coarse`: ``mean(target) - mean(source)`` between two sets of representations (the paper's coarse shift);
+* `target_answer`: the same recipe between the rows answered with one answer and those answered with another;
+* `answer_type_vector`: the same between rows whose answers are of two answer types (yes/no -> number);
+* `fine`: ``u_j - u_i``, from concept ``i`` to concept ``j`` of a concept dictionary; `fine_all`: every pair.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Float
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import Tensor
+
+from nnshift.errors import CorruptStoreError, EmptyInputError, HiddenSizeMismatchError, NonFiniteError, SteeringError
+from nnshift.evaluate import answer_type, normalize_answer
+from nnshift.store import Activations, as_matrix, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from nnshift.positions import SelectorLike
+    from nnshift.steering.patches import Patch
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SteeringVector",
+    "answer_type_vector",
+    "coarse",
+    "fine",
+    "fine_all",
+    "load_vectors",
+    "save_vectors",
+    "target_answer",
+]
+
+FORMAT_VERSION = 1
+_TENSORS = "vector.safetensors"
+_JSON = "vector.json"
+_MANY_TENSORS = "vectors.safetensors"
+_MANY_JSON = "vectors.json"
+
+
+def _check_vector(v: Tensor, what: str = "steering vector") -> None:
+    if not isinstance(v, Tensor) or v.ndim != 1 or v.shape[0] == 0:
+        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+        raise HiddenSizeMismatchError(f"a {what} must be a non-empty [D] tensor, got {shape}", "pass one [D] vector")
+    if not bool(torch.isfinite(v).all()):
+        bad = int((~torch.isfinite(v)).sum())
+        raise NonFiniteError(
+            f"the {what} has {bad} NaN/Inf values out of {v.shape[0]}",
+            "check the activations it was computed from (ns.capture in float32; no empty groups)",
+        )
+
+
+@dataclass(eq=False)
+class SteeringVector:
+    """A steering direction ``s`` (``[D]``, float32) for the residual stream after decoder ``layer``.
+
+    ``method`` says how it was made (``"coarse"``, ``"target_answer"``, ``"answer_type"``, ``"fine"``,
+    ``"given"``); ``info`` keeps the provenance: model, layer, the sample ids of the source and target sets
+    (or the concept indices and dictionary), library versions.
+    """
+
+    vector: Float[Tensor, " d"]
+    layer: int | None = None
+    method: str = "given"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_vector(self.vector)
+        self.vector = self.vector.detach().to(dtype=torch.float32)
+        if self.layer is not None:
+            self.layer = int(self.layer)
+
+    @property
+    def dim(self) -> int:
+        """Hidden size D."""
+        return int(self.vector.shape[0])
+
+    @property
+    def norm(self) -> float:
+        """Euclidean norm of the vector."""
+        return float(self.vector.norm())
+
+    def __repr__(self) -> str:
+        name = f", name={self.info['name']!r}" if "name" in self.info else ""
+        return f"SteeringVector(method={self.method!r}, layer={self.layer}, dim={self.dim}, norm={self.norm:.4g}{name})"
+
+    def __neg__(self) -> SteeringVector:
+        """The opposite direction (target -> source), provenance kept with the roles swapped."""
+        info = dict(self.info)
+        if "source" in info or "target" in info:
+            info["source"], info["target"] = self.info.get("target"), self.info.get("source")
+        if "concepts" in info:
+            i, j = info["concepts"]
+            info["concepts"] = [j, i]
+        info["negated"] = not self.info.get("negated", False)
+        return SteeringVector(-self.vector, self.layer, self.method, info)
+
+    def patch(
+        self,
+        alpha: float | Tensor = 1.0,
+        positions: SelectorLike = "all",
+        *,
+        layer: int | None = None,
+        rows: Tensor | Sequence[bool] | Sequence[float] | None = None,
+    ) -> Patch:
+        """A `Patch` adding ``alpha * s`` at ``positions`` (default ``"all"``, like the reference) of ``layer``."""
+        from nnshift.steering.patches import Patch
+
+        return Patch(self, alpha=alpha, positions=positions, layer=layer, rows=rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON side of the vector (everything but the tensor)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "layer": self.layer,
+            "method": self.method,
+            "dim": self.dim,
+            "norm": self.norm,
+            "info": self.info,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Save as ``path/vector.safetensors`` + ``path/vector.json`` (atomic writes)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path / _TENSORS, save({"vector": self.vector.contiguous().cpu()}))
+        atomic_write_bytes(path / _JSON, json.dumps(self.to_dict(), default=str, indent=1).encode())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SteeringVector:
+        """Load what `save` wrote."""
+        path = Path(path)
+        try:
+            doc = json.loads((path / _JSON).read_text())
+            vector = load_file(str(path / _TENSORS))["vector"]
+        except FileNotFoundError as exc:
+            raise CorruptStoreError(
+                f"no saved steering vector in {str(path)!r}: {exc.filename} is missing",
+                "pass the folder that SteeringVector.save wrote",
+            ) from exc
+        except (json.JSONDecodeError, KeyError, OSError, SafetensorError) as exc:
+            raise CorruptStoreError(
+                f"cannot read the steering vector in {str(path)!r}: {exc}", "save it again"
+            ) from exc
+        return cls(vector=vector, layer=doc.get("layer"), method=doc.get("method", "given"), info=doc.get("info", {}))
+
+
+# ---------------------------------------------------------------------------- provenance helpers
+
+
+def _versions() -> dict[str, str]:
+    import nnshift
+
+    return {"nnshift": nnshift.__version__, "torch": torch.__version__}
+
+
+def _describe(x: Activations | Tensor) -> dict[str, Any]:
+    if isinstance(x, Activations):
+        return {"n": len(x), "ids": list(x.ids), "model": x.info.get("model"), "layer": x.info.get("layer")}
+    return {"n": int(x.shape[0])}
+
+
+def _layer_of(*sets: Activations | Tensor, layer: int | None) -> int | None:
+    if layer is not None:
+        return int(layer)
+    layers = {x.info.get("layer") for x in sets if isinstance(x, Activations) and x.info.get("layer") is not None}
+    if len(layers) > 1:
+        raise SteeringError(
+            f"the source and target activations come from different layers {sorted(layers)}",
+            "capture both sets at the same layer, or pass layer= explicitly",
+        )
+    return int(next(iter(layers))) if layers else None
+
+
+def _model_of(*sets: Activations | Tensor) -> Any:
+    models = [x.info.get("model") for x in sets if isinstance(x, Activations) and x.info.get("model")]
+    return models[0] if models else None
+
+
+def _mean_difference(source: Activations | Tensor, target: Activations | Tensor) -> Float[Tensor, " d"]:
+    a = as_matrix(source, "source")
+    b = as_matrix(target, "target")
+    if a.shape[1] != b.shape[1]:
+        raise HiddenSizeMismatchError(
+            f"source has hidden size {a.shape[1]}, target {b.shape[1]}",
+            "take both sets from the same model and layer",
+        )
+    return b.float().mean(0) - a.float().to(b.device).mean(0)
+
+
+# ---------------------------------------------------------------------------- makers
+
+
+def coarse(
+    source: Activations | Float[Tensor, "m d_source"],
+    target: Activations | Float[Tensor, "n d_target"],
+    layer: int | None = None,
+    *,
+    name: str | None = None,
+) -> SteeringVector:
+    """Coarse steering vector ``mean(target) - mean(source)`` (float32), from source towards target.
+
+    ``source`` / ``target``: `Activations` or ``[M, D]`` tensors of the same layer (e.g. questions answered
+    yes/no -> answered with a number). ``layer`` defaults to the activations' layer.
+    """
+    vec = _mean_difference(source, target)
+    layer_ = _layer_of(source, target, layer=layer)
+    info: dict[str, Any] = {
+        "model": _model_of(source, target),
+        "layer": layer_,
+        "source": _describe(source),
+        "target": _describe(target),
+        "versions": _versions(),
+    }
+    if name is not None:
+        info["name"] = name
+    return SteeringVector(vec, layer_, "coarse", info)
+
+
+AnswerSource = Literal["answer", "reference", "both"]
+
+
+def _row_answers(acts: Activations, by: AnswerSource) -> list[list[str]]:
+    """Per row, the answers to match: the model's own answer, the sample's references, or both (all must agree)."""
+    if by == "answer":
+        return [[a] for a in acts.answers]
+    if by not in ("reference", "both"):
+        raise SteeringError(f"unknown by={by!r}", "use by='answer', 'reference' or 'both'")
+    if acts.samples is None:
+        raise SteeringError(
+            "by='reference' needs the samples of the activations (Activations.samples is None after loading from disk)",
+            "set acts.samples = [...] (one Sample per row), or use by='answer'",
+        )
+    refs = [list(s.answers[:1]) for s in acts.samples]
+    if by == "reference":
+        return refs
+    return [[a, *r] for a, r in zip(acts.answers, refs, strict=True)]
+
+
+def _group_rows(
+    acts: Activations, predicate: Callable[[str], bool], by: AnswerSource
+) -> tuple[list[int], list[list[str]]]:
+    answers = _row_answers(acts, by)
+    rows = [m for m, options in enumerate(answers) if options and all(predicate(a) for a in options)]
+    return rows, answers
+
+
+def _seen(answers: list[list[str]], key: Callable[[str], str] = normalize_answer) -> str:
+    counts = Counter(key(a[0]) for a in answers if a)
+    return ", ".join(f"{a!r} x{c}" for a, c in counts.most_common(6)) or "no answers"
+
+
+def _as_set(x: str | Iterable[str]) -> set[str]:
+    items = [x] if isinstance(x, str) else list(x)
+    return {normalize_answer(a) for a in items}
+
+
+def _first_word(a: str) -> str:
+    n = normalize_answer(a)
+    return n.split()[0] if n else ""
+
+
+def target_answer(
+    acts: Activations,
+    source: str | Iterable[str],
+    target: str | Iterable[str],
+    *,
+    by: AnswerSource = "answer",
+    match: Literal["exact", "first_word"] = "exact",
+    layer: int | None = None,
+) -> SteeringVector:
+    """Target-answer vector: mean of the rows answered ``target`` minus mean of the rows answered ``source``.
+
+    Rows of ``acts`` are grouped by their answers after `normalize_answer` (``"Yes."`` == ``"yes"``,
+    ``"two"`` == ``"2"``); ``source`` / ``target`` may list several answers. ``by="answer"`` uses the model's
+    own answers (``acts.answers``), ``"reference"`` the samples' first reference answer, ``"both"`` needs
+    both to agree. ``match="first_word"`` compares only the answers' first word.
+    """
+    key = _first_word if match == "first_word" else normalize_answer
+    src, tgt = _as_set(source), _as_set(target)
+    if src & tgt:
+        raise SteeringError(f"source and target share answers {sorted(src & tgt)}", "give two different answers")
+    src_rows, answers = _group_rows(acts, lambda a: key(a) in src, by)
+    tgt_rows, _ = _group_rows(acts, lambda a: key(a) in tgt, by)
+    for what, rows, want in (("source", src_rows, src), ("target", tgt_rows, tgt)):
+        if not rows:
+            raise EmptyInputError(
+                f"no row of the activations is answered {sorted(want)} ({what}); answers seen: {_seen(answers, key)}",
+                "check the answers (acts.answers), use match='first_word', or capture more samples",
+            )
+    vec = coarse(acts.select(src_rows), acts.select(tgt_rows), layer=layer)
+    vec.method = "target_answer"
+    vec.info.update(source_answers=sorted(src), target_answers=sorted(tgt), by=by, match=match)
+    return vec
+
+
+def answer_type_vector(
+    acts: Activations,
+    source: str = "yes/no",
+    target: str = "number",
+    *,
+    by: Literal["answer", "reference"] = "answer",
+    types: Mapping[str, str] | None = None,
+    layer: int | None = None,
+) -> SteeringVector:
+    """Coarse vector between answer types: rows whose answer is of type ``target`` minus those of type ``source``.
+
+    ``by="answer"`` types the model's own answers with `nnshift.evaluate.answer_type` (yes/no, number, other);
+    ``by="reference"`` uses the samples' ``meta["answer_type"]`` (VQAv2's ground-truth type).
+    """
+    if by == "answer":
+        kinds = [answer_type(a, types) for a in acts.answers]
+    elif by == "reference":
+        if acts.samples is None:
+            raise SteeringError("by='reference' needs Activations.samples", "set acts.samples, or use by='answer'")
+        kinds = [str(s.meta.get("answer_type", answer_type(s.answers[0] if s.answers else ""))) for s in acts.samples]
+    else:
+        raise SteeringError(f"unknown by={by!r}", "use by='answer' or by='reference'")
+    groups = {t: [m for m, k in enumerate(kinds) if k == t] for t in (source, target)}
+    for t, rows in groups.items():
+        if not rows:
+            raise EmptyInputError(
+                f"no row has answer type {t!r}; types seen: {dict(Counter(kinds))}",
+                "capture samples of both answer types",
+            )
+    vec = coarse(acts.select(groups[source]), acts.select(groups[target]), layer=layer)
+    vec.method = "answer_type"
+    vec.info.update(source_type=source, target_type=target, by=by)
+    return vec
+
+
+def _concepts_of(dico: Any) -> Float[Tensor, "k d"]:
+    concepts = getattr(dico, "concepts", dico)
+    if not isinstance(concepts, Tensor) or concepts.ndim != 2:
+        raise SteeringError(
+            f"expected a concept dictionary (an object with .concepts [K, D]), got {type(dico).__name__}",
+            "pass a nnshift.concepts.ConceptDictionary or a [K, D] tensor",
+        )
+    if not bool(torch.isfinite(concepts).all()):
+        raise NonFiniteError("the concept dictionary has NaN/Inf values", "refit the dictionary on finite activations")
+    return concepts
+
+
+def _dico_info(dico: Any) -> tuple[int | None, dict[str, Any]]:
+    info = dict(getattr(dico, "info", {}) or {})
+    acts_info = info.get("activations", {}) if isinstance(info.get("activations"), dict) else {}
+    layer = info.get("layer", acts_info.get("layer"))
+    desc = {
+        "method": getattr(dico, "method", None),
+        "k": int(_concepts_of(dico).shape[0]),
+        "model": info.get("model", acts_info.get("model")),
+        "sample_ids_sha1": info.get("sample_ids_sha1"),
+    }
+    return (int(layer) if layer is not None else None), desc
+
+
+def fine(dico: Any, i: int, j: int, *, layer: int | None = None) -> SteeringVector:
+    """Fine-grained vector ``u_j - u_i``: from concept ``i`` to concept ``j`` (name and sign agree).
+
+    ``dico``: a `nnshift.concepts.ConceptDictionary` (or any object with ``.concepts`` ``[K, D]``).
+    """
+    concepts = _concepts_of(dico)
+    k = concepts.shape[0]
+    for idx in (i, j):
+        if not -k <= int(idx) < k:
+            raise SteeringError(f"concept index {idx} is out of range for K={k}", f"use 0..{k - 1}")
+    i, j = int(i) % k, int(j) % k
+    if i == j:
+        raise SteeringError(f"fine({i}, {j}): a concept to itself is the zero vector", "pick two different concepts")
+    d_layer, desc = _dico_info(dico)
+    layer_ = int(layer) if layer is not None else d_layer
+    vec = concepts[j].float() - concepts[i].float()
+    info = {"model": desc["model"], "layer": layer_, "concepts": [i, j], "dictionary": desc, "versions": _versions()}
+    return SteeringVector(vec, layer_, "fine", info)
+
+
+def fine_all(
+    dico: Any, pairs: Iterable[tuple[int, int]] | None = None, *, layer: int | None = None
+) -> dict[tuple[int, int], SteeringVector]:
+    """Every fine-grained vector of a dictionary: ``{(i, j): u_j - u_i}`` for all ``i != j`` (or the given pairs)."""
+    k = _concepts_of(dico).shape[0]
+    chosen = [(i, j) for i in range(k) for j in range(k) if i != j] if pairs is None else list(pairs)
+    return {(int(i), int(j)): fine(dico, i, j, layer=layer) for i, j in chosen}
+
+
+# ---------------------------------------------------------------------------- many vectors in one file
+
+
+def _key_to_json(key: Any) -> Any:
+    return list(key) if isinstance(key, tuple) else key
+
+
+def _key_from_json(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key
+
+
+def save_vectors(vectors: Mapping[Any, SteeringVector], path: str | Path) -> Path:
+    """Save several vectors (e.g. `fine_all`'s dict) as ``path/vectors.safetensors`` + ``path/vectors.json``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    entries = []
+    tensors = {}
+    for n, (key, vec) in enumerate(vectors.items()):
+        tensors[f"v{n}"] = vec.vector.contiguous().cpu()
+        entries.append({"key": _key_to_json(key), "tensor": f"v{n}", **vec.to_dict()})
+    atomic_write_bytes(path / _MANY_TENSORS, save(tensors))
+    doc = {"format_version": FORMAT_VERSION, "vectors": entries}
+    atomic_write_bytes(path / _MANY_JSON, json.dumps(doc, default=str).encode())
+    return path
+
+
+def load_vectors(path: str | Path) -> dict[Any, SteeringVector]:
+    """Load what `save_vectors` wrote (tuple keys come back as tuples)."""
+    path = Path(path)
+    try:
+        doc = json.loads((path / _MANY_JSON).read_text())
+        tensors = load_file(str(path / _MANY_TENSORS))
+        return {
+            _key_from_json(e["key"]): SteeringVector(tensors[e["tensor"]], e.get("layer"), e["method"], e["info"])
+            for e in doc["vectors"]
+        }
+    except FileNotFoundError as exc:
+        raise CorruptStoreError(
+            f"no saved steering vectors in {str(path)!r}: {exc.filename} is missing",
+            "pass the folder save_vectors wrote",
+        ) from exc
+    except (json.JSONDecodeError, KeyError, OSError, SafetensorError) as exc:
+        raise CorruptStoreError(f"cannot read the steering vectors in {str(path)!r}: {exc}", "save them again") from exc
