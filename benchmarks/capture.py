@@ -50,7 +50,7 @@ def reference_loop(vlm: ns.VLM, samples: list[ns.Sample], layer: int, word: str,
     for s in samples:
         seen: list[torch.Tensor] = []
         handle = vlm.layer_module(layer).register_forward_hook(
-            lambda _m, _i, o: seen.append((o[0] if isinstance(o, tuple) else o).detach().cpu())
+            lambda _m, _i, o, seen=seen: seen.append((o[0] if isinstance(o, tuple) else o).detach().cpu())
         )
         inputs = vlm.prepare([s])
         with torch.no_grad():
@@ -86,14 +86,21 @@ def bare_generate(vlm: ns.VLM, samples: list[ns.Sample], batch_size: int, max_ne
             )
 
 
-def timed(fn, repeats: int) -> float:
-    """Best wall time of `repeats` runs (after one warm-up)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def timed_round_robin(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """Best (wall, CPU) time of each function over `repeats` round-robin runs, after one warm-up each.
+
+    Round-robin spreads the noise of a shared machine over all methods; process CPU time is reported
+    beside wall time because other jobs on the machine inflate wall time only.
+    """
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - t0)
+    best = {name: (float("inf"), float("inf")) for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            w, c = time.perf_counter() - w0, time.process_time() - c0
+            best[name] = (min(best[name][0], w), min(best[name][1], c))
     return best
 
 
@@ -104,34 +111,37 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable timings on a shared CPU)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     vlm, samples, word = _model_and_data(args.model, args.n)
     layer = -1
     sel = P.token_of_interest(word)
-    res = {}
-    res["bare HF generate (batch %d)" % args.batch_size] = timed(
-        lambda: bare_generate(vlm, samples, args.batch_size, args.max_new_tokens), args.repeats
-    )
-    res["ns.capture (batch %d)" % args.batch_size] = timed(
-        lambda: ns.capture(
-            vlm, samples, layer, sel, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False
-        ),
+    bare_name = f"bare HF generate (batch {args.batch_size})"
+    ours_name = f"ns.capture (batch {args.batch_size})"
+    ref_name = "reference-style loop (batch 1, hook copies all)"
+    res = timed_round_robin(
+        {
+            bare_name: lambda: bare_generate(vlm, samples, args.batch_size, args.max_new_tokens),
+            ours_name: lambda: ns.capture(
+                vlm, samples, layer, sel, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False
+            ),
+            ref_name: lambda: reference_loop(vlm, samples, layer, word, args.max_new_tokens),
+        },
         args.repeats,
     )
-    res["reference-style loop (batch 1, hook copies all)"] = timed(
-        lambda: reference_loop(vlm, samples, layer, word, args.max_new_tokens), args.repeats
+    acts = ns.capture(
+        vlm, samples, layer, sel, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False
     )
-    acts = ns.capture(vlm, samples, layer, sel, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False)
-    bare = res["bare HF generate (batch %d)" % args.batch_size]
-    ref = res["reference-style loop (batch 1, hook copies all)"]
+    bare, ref = res[bare_name], res[ref_name]
     print(f"model: {vlm!r}; {args.n} samples; TOI {word!r} kept {len(acts)}; max_new_tokens {args.max_new_tokens}")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}")
     print()
-    print("| method | time (s) | samples/s | time / bare generate | speed-up vs reference loop |")
-    print("|---|---|---|---|---|")
-    for name, t in res.items():
-        print(f"| {name} | {t:.2f} | {args.n / t:.1f} | {t / bare:.2f}x | {ref / t:.1f}x |")
+    print("| method | wall (s) | CPU (s) | samples/s (wall) | CPU / bare generate | speed-up vs reference loop (CPU) |")
+    print("|---|---|---|---|---|---|")
+    for name, (w, c) in res.items():
+        print(f"| {name} | {w:.2f} | {c:.2f} | {args.n / w:.1f} | {c / bare[1]:.2f}x | {ref[1] / c:.1f}x |")
 
 
 if __name__ == "__main__":
