@@ -268,7 +268,188 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"capture": cmd_capture}
+def _load_acts(path: str, what: str, layer: int | None = None) -> Any:
+    import nnshift as ns
+
+    return ns.load_activations(_require(path, what), layer)
+
+
+def cmd_concepts(args: argparse.Namespace) -> int:
+    """`nnshift concepts`."""
+    import nnshift as ns
+
+    acts = _load_acts(args.acts, "--acts", args.layer)
+    dico = ns.concepts.fit(acts, k=args.k, method=args.method, seed=args.seed)
+    if args.model:
+        words = dico.ground_text(_load_model(args), top=args.top)
+        dico.info["words"] = words
+        for i, w in enumerate(words):
+            print(f"concept {i:2d}: {' '.join(w)}")
+    dico.save(args.out)
+    print(f"{dico.k} {dico.method} concepts of {len(acts)} samples -> {args.out}")
+    return 0
+
+
+def cmd_shift(args: argparse.Namespace) -> int:
+    """`nnshift shift`."""
+    import nnshift as ns
+
+    acts_a, acts_b = ns.pair(_load_acts(args.acts_a, "--acts-a"), _load_acts(args.acts_b, "--acts-b"))
+    dico_a = ns.concepts.ConceptDictionary.load(_require(args.dico_a, "--dico-a"))
+    dico_b = ns.concepts.ConceptDictionary.load(_require(args.dico_b, "--dico-b"))
+    vlm = _load_model(args) if args.model else None
+    report = ns.shift.analyze(acts_a, acts_b, dico_a, dico_b, alpha=args.alpha, vlm=vlm)
+    report.save(args.out)
+    print(json.dumps(report.summary(), indent=2, default=str))
+    print(f"shift report -> {args.out}")
+    return 0
+
+
+def _write_answers(path: Path, samples: Sequence[Any], answers: Sequence[str]) -> None:
+    from nnshift.store import atomic_write_bytes
+
+    lines = [
+        json.dumps({"id": s.id, "prompt": s.prompt, "answer": a, "answers": s.answers, "meta": s.meta}, default=str)
+        for s, a in zip(samples, answers, strict=True)
+    ]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    """`nnshift steer`."""
+    import nnshift as ns
+
+    if args.vector:
+        vec = ns.steering.SteeringVector.load(_require(args.vector, "--vector"))
+    elif args.source and args.target:
+        vec = ns.steering.coarse(_load_acts(args.source, "--source"), _load_acts(args.target, "--target"))
+    else:
+        raise CliError("give --vector, or both --source and --target activations")
+    layer = args.layer if args.layer is not None else vec.layer
+    if layer is None:
+        raise CliError("the vector has no layer: pass --layer")
+    samples = _load_data(args)
+    vlm = _load_model(args)
+    patch = vec.patch(alpha=args.alpha, positions=args.positions, layer=layer)
+    answers = ns.steer(
+        vlm, samples, patch, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, remote=args.remote
+    )
+    out = Path(args.out)
+    vec.save(out / "vector")
+    _write_answers(out / "answers.jsonl", samples, answers)
+    print(f"steered {len(answers)} answers (layer {layer}, alpha {args.alpha}, {args.positions}) -> {out}")
+    return 0
+
+
+def _read_answers(path: str, what: str) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(_require(path, what).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CliError(f"{what} {path} line {n} is not JSON") from exc
+    if not rows or "answer" not in rows[0]:
+        raise CliError(f"{what} {path} is not an answers.jsonl written by `nnshift steer`")
+    return rows
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`nnshift evaluate`."""
+    import nnshift as ns
+
+    rows = _read_answers(args.answers, "--answers")
+    samples = [
+        ns.Sample(id=r["id"], prompt=r.get("prompt", ""), answers=r.get("answers", []), meta=r.get("meta", {}))
+        for r in rows
+    ]
+    after = [r["answer"] for r in rows]
+    is_vqa = any("answer_type" in s.meta for s in samples)
+    result: dict[str, Any]
+    if args.baseline:
+        base = {r["id"]: r["answer"] for r in _read_answers(args.baseline, "--baseline")}
+        missing = [s.id for s in samples if s.id not in base]
+        if missing:
+            raise CliError(f"--baseline lacks {len(missing)} of the samples (e.g. {missing[0]}); use the same dataset")
+        before = [base[s.id] for s in samples]
+        if is_vqa:
+            result = ns.evaluate.compare_vqa(before, after, samples, target=args.target).to_dict()
+        else:
+            styles = [args.style] if args.style else None
+            result = ns.evaluate.compare_captions(before, after, styles).to_dict()
+    elif is_vqa:
+        result = ns.evaluate.evaluate_vqa(after, samples).to_dict()
+    else:
+        styles = [args.style] if args.style else None
+        result = ns.evaluate.caption_report(after, styles).to_dict()
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        from nnshift.store import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.out), text.encode())
+        print(f"metrics -> {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`nnshift report`."""
+    from nnshift.report import Report
+
+    run = _require(args.run, "--run folder")
+    results_file = run / "results.json"
+    if not results_file.exists():
+        raise CliError(f"{results_file} not found: --run must be a folder written by `nnshift demo`")
+    try:
+        results = json.loads(results_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{results_file} is not valid JSON") from exc
+    rep = Report("nnshift report", args.out, subtitle=f"from {run}")
+    timings = results.pop("timings_s", {})
+    for name, value in results.items():
+        sec = rep.section(name.replace("_", " "))
+        if isinstance(value, dict):
+            flat = {k: v for k, v in value.items() if not isinstance(v, (dict, list))}
+            if flat:
+                sec.tables.append((name, [flat]))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            sec.tables.append((name, value))
+        else:
+            sec.text = str(value)
+    pngs = sorted(run.glob("*.png"))
+    if pngs:
+        import shutil
+
+        figs = rep.section("Figures")
+        for png in pngs:
+            if Path(args.out).resolve() != run.resolve():
+                shutil.copy(png, Path(args.out) / png.name)
+            figs.figures.append((png.stem.replace("_", " "), png.name))
+    rep.timings.update(timings)
+    rep.results.update(results)
+    print(f"report -> {rep.write()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`nnshift demo`."""
+    from nnshift.demo import run_demo
+
+    path = run_demo(args.out, fast=args.fast)
+    print(f"report -> {path}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": cmd_demo,
+    "capture": cmd_capture,
+    "concepts": cmd_concepts,
+    "shift": cmd_shift,
+    "steer": cmd_steer,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
