@@ -72,6 +72,7 @@ def _rows_from_generation(
     rows: _Rows,
     dtype: Any,
     remote: bool = False,
+    reduce: str | None = None,
 ) -> None:
     run = run_generation(vlm, vlm.prepare(batch), max_new_tokens, layers=layers, remote=remote)
     n_steps = len(run.states[layers[0]])
@@ -93,7 +94,7 @@ def _rows_from_generation(
         if not steps:
             rows.skipped.append(sample.id)
             continue
-        if selector.reduce == "mean":
+        if reduce == "mean":
             vecs = {layer: torch.stack([run.states[layer][t][b] for t in steps]).float().mean(0) for layer in layers}
             rows.add({k: v.to(dtype) for k, v in vecs.items()}, sample.id, sample, answer, base_meta)
         else:
@@ -212,7 +213,7 @@ def capture(
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             if selector.needs_generation:
-                _rows_from_generation(vlm, batch, selector, layers, max_new_tokens, rows, dtype, remote)
+                _rows_from_generation(vlm, batch, selector, layers, max_new_tokens, rows, dtype, remote, reduce)
             else:
                 _rows_from_forward(vlm, batch, selector, layers, reduce, rows, dtype, remote)
             pending += len(batch)

@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduce", choices=["mean"], default=None, help="average multi-position selections per sample")
     p.add_argument("--batch-size", type=int, default=16, help="samples per batch (default: 16)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy generation length (default: 32)")
+    p.add_argument("--shard-size", type=int, default=256, help="samples per shard written to disk (default: 256)")
     p.add_argument("--out", required=True, help="activation store folder (created; resumed if it exists)")
 
     p = sub.add_parser(
@@ -262,6 +263,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         reduce=args.reduce,
         out=args.out,
+        shard_size=args.shard_size,
     )
     for acts in result.values() if isinstance(result, dict) else [result]:
         print(f"{acts!r} -> {args.out}")

@@ -117,6 +117,14 @@ class Report:
 <title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>
 <h1>{html.escape(self.title)}</h1><p class="lead">{html.escape(self.subtitle)}</p><nav>{nav}</nav>
 {body}
+<script>
+window.addEventListener("load", () => {{
+  const imgs = Array.from(document.images);
+  const ok = imgs.filter((i) => i.complete && i.naturalWidth > 0).length;
+  document.body.setAttribute("data-figures-loaded", ok);
+  document.body.setAttribute("data-figures-total", imgs.length);
+}});
+</script>
 <section id="timings"><h2>Run time per stage</h2><table class="timing">{timing_rows}
 <tr><th>total</th><th class='num'>{total:.1f} s</th></tr></table></section>
 </body></html>"""
