@@ -1,0 +1,77 @@
+"""`nnshift demo` end to end on the shapes world, and its report rendered in headless Chromium."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    from nnshift.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "nnshift-report"
+    run_demo(out, fast=True, progress=False)
+    return out
+
+
+def test_demo_writes_report_and_results(report_dir):
+    page = (report_dir / "index.html").read_text()
+    results = json.loads((report_dir / "results.json").read_text())
+    for key in ("capture", "concepts", "shift", "steering", "timings_s"):
+        assert key in results
+    assert set(results["timings_s"]) >= {"capture", "concepts", "shift", "steering", "report"}
+    assert results["capture"]["n_paired"] > 0
+    for anchor in ("capture", "concepts-of--circle--in-shapes-base", "timings"):
+        assert f'id="{anchor}"' in page
+    pngs = list(report_dir.glob("*.png"))
+    assert len(pngs) >= 4 and all(p.stat().st_size > 2000 for p in pngs)
+    for p in pngs:
+        assert p.name in page
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(report_dir, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (bash scripts/browser_setup.sh)")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    url = (report_dir / "index.html").resolve().as_uri()
+    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert "Capture" in dom and "Fine-tuning shift" in dom and "Steering shapes-base" in dom
+    total = int(dom.split('data-figures-total="')[1].split('"')[0])
+    loaded = int(dom.split('data-figures-loaded="')[1].split('"')[0])
+    assert total >= 4 and loaded == total, f"{loaded} of {total} figures rendered"
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium, *flags, "--window-size=1200,2400", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    from PIL import Image
+
+    im = Image.open(shot).convert("L")
+    assert im.size == (1200, 2400)
+    lo, hi = im.getextrema()
+    assert hi - lo > 100, "the screenshot is blank"
+
+
+def test_demo_command_line_help():
+    res = subprocess.run([sys.executable, "-m", "nnshift", "demo", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--fast" in res.stdout
