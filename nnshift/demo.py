@@ -244,36 +244,27 @@ def run_demo(out: str | Path = "nnshift-report", fast: bool = False, progress: b
         source = ns.capture(
             base, caps, layer=mid, at=ns.positions.generated(reduce="mean"), max_new_tokens=24, progress=False
         )
-        colour_rows = []
-        for colour in zoo.COLORS:
-            try:
-                colour_rows.append(
-                    ns.capture(
-                        base,
-                        caps,
-                        layer=mid,
-                        at=ns.positions.token_of_interest(colour),
-                        max_new_tokens=24,
-                        progress=False,
-                    ).tensor
-                )
-            except ns.errors.TokenOfInterestError:
-                continue
+        # target: the colour fine-tune's states where it says a colour word (greedy shapes-base never does)
+        target = ns.capture(
+            colors,
+            caps,
+            layer=mid,
+            at=ns.positions.token_of_interest(list(zoo.COLORS)),
+            max_new_tokens=24,
+            progress=False,
+        )
         styles = {"colors": zoo.COLORS, "places": zoo.BACKGROUNDS}
         cap_before = ns.generate(base, cap_eval, **c)
         rb = caption_report(cap_before, styles)
-        if colour_rows:
-            vec_cap = ns.steering.coarse(source, torch.cat(colour_rows), layer=mid)
-            cap_after = ns.steer(base, cap_eval, vec_cap.patch(alpha=1.0), **c)
-        else:
-            cap_after = cap_before
+        vec_cap = ns.steering.coarse(source, target, layer=mid)
+        cap_after = ns.steer(base, cap_eval, vec_cap.patch(alpha=1.0), **c)
         ra = caption_report(cap_after, styles)
 
         sec = rep.section(
             "Steering shapes-base without training",
             "Coarse vector = mean(target states) - mean(source states) at the last prompt token of the last layer, "
-            "added at every position and generation step (alpha = 1). Caption style: generated-token mean -> "
-            f"colour-word states at layer {mid}.",
+            "added at every position and generation step (alpha = 1). Caption style: from the mean generated-token "
+            f"state of shapes-base captions to the states where shapes-colors says a colour word, at layer {mid}.",
         )
         sec.findings.append(
             f"yes/no -> number: the share of number answers to yes/no questions goes from {share[0]:.0%} to "

@@ -167,13 +167,16 @@ class TokenOfInterest(Selector):
     word: str = ""
     variants: bool = False
     needs_generation: bool = True
+    #: further words of the same class (e.g. every colour): the first occurrence of any of them is kept
+    alternatives: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.word.strip() or re.search(r"\s", self.word.strip()):
-            raise TokenOfInterestError(
-                f"token of interest {self.word!r} must be one non-empty word",
-                "pass a single word such as token_of_interest('dog')",
-            )
+        for w in (self.word, *self.alternatives):
+            if not w.strip() or re.search(r"\s", w.strip()):
+                raise TokenOfInterestError(
+                    f"token of interest {w!r} must be one non-empty word",
+                    "pass a single word such as token_of_interest('dog'), or a list of single words",
+                )
 
     def prefill_mask(self, attention_mask: Int[Tensor, "b s"], image_mask: Bool[Tensor, "b s"]) -> Bool[Tensor, "b s"]:
         raise PositionError(
@@ -183,18 +186,22 @@ class TokenOfInterest(Selector):
 
     def forms(self) -> list[str]:
         """The accepted surface forms of the word."""
-        w = self.word.strip()
+        words = [w.strip() for w in (self.word, *self.alternatives)]
         if not self.variants:
-            return [w]
-        base = {w, w.lower(), w.capitalize()}
+            return sorted(set(words), key=len, reverse=True)
+        base = {f for w in words for f in (w, w.lower(), w.capitalize())}
         plural = {f + ("es" if f.endswith(("s", "x", "ch", "sh")) else "s") for f in base}
         return sorted(base | plural, key=len, reverse=True)
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "TokenOfInterest", "word": self.word, "variants": self.variants}
+        spec: dict[str, Any] = {"kind": "TokenOfInterest", "word": self.word, "variants": self.variants}
+        if self.alternatives:
+            spec["alternatives"] = list(self.alternatives)
+        return spec
 
     def __str__(self) -> str:
-        return f"token_of_interest({self.word!r})"
+        words = [self.word, *self.alternatives]
+        return f"token_of_interest({words[0]!r})" if len(words) == 1 else f"token_of_interest({words!r})"
 
 
 @dataclass(frozen=True)
@@ -282,9 +289,17 @@ def text() -> Text:
     return Text()
 
 
-def token_of_interest(word: str, variants: bool = False) -> TokenOfInterest:
-    """The state that produces the first token of ``word`` in the model's own answer."""
-    return TokenOfInterest(word=word, variants=variants)
+def token_of_interest(word: str | Sequence[str], variants: bool = False) -> TokenOfInterest:
+    """The state that produces the first token of ``word`` in the model's own answer.
+
+    A list of words (a word class, e.g. every colour) keeps the first occurrence of any of them.
+    """
+    if isinstance(word, str):
+        return TokenOfInterest(word=word, variants=variants)
+    words = [str(w) for w in word]
+    if not words:
+        raise TokenOfInterestError("token_of_interest() got an empty list of words", "pass at least one word")
+    return TokenOfInterest(word=words[0], variants=variants, alternatives=tuple(words[1:]))
 
 
 def _decoded_len(tokenizer: Any, ids: Sequence[int]) -> int:

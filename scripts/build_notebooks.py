@@ -147,8 +147,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "code",
             'patch = vec.patch(alpha=1.0, positions="all")\n'
             "inputs = base.prepare(evalset[:4])\n"
-            "with base.model.generate(inputs, max_new_tokens=4, do_sample=False) as tracer:\n"
-            "    patch(base)\n"
+            "# min_new_tokens: statements after the patch run only if every generation step ran\n"
+            "with base.model.generate(inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False) as tracer:\n"
+            "    patch(base, inputs=inputs)\n"
             "    out = tracer.result.save()\n"
             '[base.decode(o[inputs["input_ids"].shape[1]:]) for o in out]',
         ),
@@ -179,13 +180,11 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "mid = base.n_layers // 2\n"
             'caps = zoo.dataset(150, style="generic", task="caption", seed=16)\n'
             'src = ns.capture(base, caps, layer=mid, at=ns.positions.generated(reduce="mean"), max_new_tokens=24, progress=False)\n'
-            "tgt = []\n"
-            "for c in zoo.COLORS:\n"
-            "    try:\n"
-            "        tgt.append(ns.capture(base, caps, layer=mid, at=ns.positions.token_of_interest(c), max_new_tokens=24, progress=False).tensor)\n"
-            "    except ns.errors.TokenOfInterestError:\n"
-            "        pass\n"
-            "vec_cap = ns.steering.coarse(src, torch.cat(tgt), layer=mid)\n"
+            "# target: where the colour fine-tune says a colour word (greedy shapes-base never names colours)\n"
+            'colors = zoo.load("shapes-colors")\n'
+            "tgt = ns.capture(colors, caps, layer=mid, at=ns.positions.token_of_interest(list(zoo.COLORS)),\n"
+            "                 max_new_tokens=24, progress=False)\n"
+            "vec_cap = ns.steering.coarse(src, tgt, layer=mid)\n"
             'cap_eval = zoo.dataset(50, style="generic", task="caption", seed=17)\n'
             "b = ns.generate(base, cap_eval, max_new_tokens=24, progress=False)\n"
             "a = ns.steer(base, cap_eval, vec_cap.patch(alpha=1.0), max_new_tokens=24, progress=False)\n"
@@ -202,7 +201,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "local modules hidden. To use a real server, set `nnsight.CONFIG.API.HOST` and your API key and "
             "pass `remote=True` (see docs/remote.md); the test suite does this against a local NDIF server.",
         ),
-        ("code", SETUP + "\nimport nnsight\nfrom nnshift.generation import run_generation"),
+        ("code", SETUP + "\nimport nnsight"),
         (
             "code",
             'base = zoo.load("shapes-base")\nsamples = zoo.dataset(4, task="vqa", answer_type="yes/no", seed=21)\n'
@@ -211,13 +210,16 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ),
         (
             "code",
-            "local = run_generation(base, inputs, 4, layers=[-1], edit=patch.bind(base, inputs))\n"
-            "nnsight.register(ns)\n"
-            'with base.model.generate(inputs, max_new_tokens=4, do_sample=False, remote="local") as tracer:\n'
-            "    patch(base)\n"
-            "    out = tracer.result.save()\n"
-            'remote_tokens = [o[inputs["input_ids"].shape[1]:].tolist() for o in out]\n'
-            "print(local.tokens)\nprint(remote_tokens)",
+            "gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)\n"
+            "with base.model.generate(inputs, **gen) as tracer:\n"
+            "    patch(base, inputs=inputs)\n"
+            "    out_local = tracer.result.save()\n"
+            "nnsight.register(ns)  # ship nnshift's code with the request: the server does not have it\n"
+            'with base.model.generate(inputs, **gen, remote="local") as tracer:\n'
+            "    patch(base, inputs=inputs)\n"
+            "    out_remote = tracer.result.save()\n"
+            "print(out_local[:, -4:])\nprint(out_remote[:, -4:])\n"
+            "assert torch.equal(out_local, out_remote)",
         ),
         (
             "md",

@@ -115,3 +115,14 @@ def test_shorthands_and_errors():
         P.generated(reduce="max")
     with pytest.raises(PositionError):
         P.token_of_interest("dog") | "all"
+
+
+@pytest.mark.parametrize("family", sorted(ALL))
+def test_toi_word_class_first_of_any(family):
+    tok = ALL[family]()
+    ids = _answer(tok, "a circle , a red circle and a blue square")
+    k = P.find_word_token(tok, ids, P.token_of_interest(["blue", "red", "green"]))
+    assert k is not None and tok.decode(ids[k:]).strip().startswith("red")
+    assert P.find_word_token(tok, ids, P.token_of_interest(["green", "yellow"])) is None
+    with pytest.raises(TokenOfInterestError):
+        P.token_of_interest([])
