@@ -36,4 +36,5 @@ __all__ = [
     "steer",
     "steering",
     "supported_architectures",
+    "zoo",
 ]

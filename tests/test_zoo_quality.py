@@ -1,0 +1,64 @@
+"""Held-out quality of the SHIPPED shapes checkpoints: 300 fresh samples, greedy decoding (numbers in docs/zoo.md)."""
+
+import pytest
+
+from nnshift.data import Sample
+from nnshift.zoo.evaluate import (
+    EVAL_SEED,
+    caption_rates,
+    names_background,
+    names_colors,
+    names_every_shape,
+    quality_report,
+    vqa_accuracy,
+)
+
+
+def _s(objects, background="grass"):
+    return Sample("x", "describe the image", meta={"objects": objects, "background": background})
+
+
+def test_scoring_rules():
+    s = _s([{"shape": "circle", "color": "red"}, {"shape": "square", "color": "blue"}], "sky")
+    assert names_every_shape(s, "a circle and a square")
+    assert not names_every_shape(s, "a circle and a triangle")
+    assert names_colors(s, "a red circle, a blue square")
+    assert not names_colors(s, "a blue circle and a red square")
+    assert not names_colors(s, "a red circle and a square")
+    assert names_background(s, "a circle on the left, in the sky")
+    assert not names_background(s, "a circle, on the grass")
+    assert not names_background(s, "a circle in the sky, on the grass")
+    v = [
+        Sample("a", "q", answers=["yes"], meta={"answer_type": "yes/no", "question_kind": "k1"}),
+        Sample("b", "q", answers=["3"], meta={"answer_type": "number", "question_kind": "k2"}),
+        Sample("c", "q", answers=["red"], meta={"answer_type": "other", "question_kind": "k3"}),
+    ]
+    acc = vqa_accuracy(v, ["Yes.", "2", "red"])
+    assert acc == {
+        "all": 2 / 3,
+        "yes/no": 1.0,
+        "kind:k1": 1.0,
+        "number": 0.0,
+        "kind:k2": 0.0,
+        "other": 1.0,
+        "kind:k3": 1.0,
+    }
+    rates = caption_rates([s, s], ["a red circle and a blue square, in the sky", "a circle"])
+    assert rates["names_every_shape"] == 0.5 and rates["names_colors"] == 0.5 and rates["names_background"] == 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="known open problem (issue 3): the shipped checkpoints count and name shapes, but do not yet bind "
+    "colours/backgrounds to objects (yes/no and 'other' VQA, colour and place captions); numbers in docs/zoo.md",
+    strict=False,
+)
+def test_shipped_checkpoints_meet_the_bar():
+    r = quality_report(n=300, seed=EVAL_SEED)
+    vqa = r["shapes-base/vqa"]
+    for t in ("yes/no", "number", "other"):
+        assert vqa[t] >= 0.90, (t, vqa)
+    assert r["shapes-base/caption"]["names_every_shape"] >= 0.90, r
+    assert r["shapes-colors/caption"]["names_colors"] >= 0.90, r
+    assert r["shapes-base/caption"]["names_colors"] <= 0.40, r
+    assert r["shapes-places/caption"]["names_background"] >= 0.90, r
