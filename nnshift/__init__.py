@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from nnshift import concepts, data, errors, evaluate, models, plots, positions, shift, steering
+from nnshift import concepts, data, errors, evaluate, models, plots, positions, shift, steering, zoo
 from nnshift.capture import capture
 from nnshift.data import Sample
 from nnshift.errors import NnshiftError
