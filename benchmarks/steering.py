@@ -210,6 +210,7 @@ def shapes(argv: list[str]) -> None:
     ap.add_argument("--n-train", type=int, default=300)
     ap.add_argument("--n-eval", type=int, default=300)
     ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--layer", type=int, default=None, help="layer steered for VQA (default: the last)")
     ap.add_argument("--k", type=int, default=8, help="concepts for the colour -> colour fine-grained vectors")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -220,7 +221,7 @@ def shapes(argv: list[str]) -> None:
         vlm = ns.load(build_tiny("llava", Path(tempfile.mkdtemp()) / "llava"), dtype="float32")
     else:
         vlm = zoo.load(args.model, dtype="float32")
-    last = vlm.n_layers - 1
+    last = vlm.n_layers - 1 if args.layer is None else vlm.layer_index(args.layer)
     mid = max(0, round(0.6 * vlm.n_layers) - 1)  # the paper steers captions at layer 20 of 32
     nt, ne, alpha = args.n_train, args.n_eval, args.alpha
     train = {t: zoo.dataset(nt, task="vqa", answer_type=t, seed=11) for t in ("yes/no", "number", "other")}
@@ -295,17 +296,10 @@ def shapes(argv: list[str]) -> None:
         cap_eval = zoo.dataset(max(50, ne // 3), style="generic", task="caption", seed=16)
         c = {"max_new_tokens": 24, "progress": False}
         source = ns.capture(vlm, caps, mid, P.generated(reduce="mean"), max_new_tokens=24, progress=False)
-        rows = []
-        for colour in zoo.COLORS:
-            try:
-                rows.append(
-                    ns.capture(vlm, caps, mid, P.token_of_interest(colour), max_new_tokens=24, progress=False).tensor
-                )
-            except ns.errors.TokenOfInterestError:
-                continue
-        if not rows:
-            raise ns.errors.EmptyInputError("no caption mentions a colour", "train the model on colour captions")
-        vec = coarse(source, torch.cat(rows), layer=mid)
+        # target: where the colour fine-tune says a colour word (greedy shapes-base never names colours)
+        ft = zoo.load("shapes-colors", dtype="float32") if not args.random else vlm
+        target = ns.capture(ft, caps, mid, P.token_of_interest(list(zoo.COLORS)), max_new_tokens=24, progress=False)
+        vec = coarse(source, target, layer=mid)
         before = generate(vlm, cap_eval, **c)
         after = steer(vlm, cap_eval, vec.patch(alpha), **c)
         styles = {"colors": zoo.COLORS, "places": zoo.BACKGROUNDS}
@@ -313,7 +307,7 @@ def shapes(argv: list[str]) -> None:
         return {
             "layer": mid,
             "rates": {"before": rb.rates, "after": ra.rates},
-            "n_target_rows": int(sum(r.shape[0] for r in rows)),
+            "n_target_rows": len(target),
             "examples": list(zip(before[:3], after[:3], strict=True)),
         }
 
