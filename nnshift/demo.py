@@ -8,6 +8,7 @@ caption style generic -> colours) and evaluation. Every number shown is also in 
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections import Counter
@@ -46,6 +47,20 @@ def run_demo(out: str | Path = "nnshift-report", fast: bool = False, progress: b
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
+        # the zoo models are tiny: one thread is as fast, and several thrash on a busy CPU
+        torch.set_num_threads(1)
+    try:
+        return _run(out, fast, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: str | Path, fast: bool, progress: bool) -> Path:
+    """The stages of `run_demo`."""
     from matplotlib.figure import Figure
 
     import nnshift as ns
@@ -53,8 +68,6 @@ def run_demo(out: str | Path = "nnshift-report", fast: bool = False, progress: b
     from nnshift.evaluate import answer_type, caption_report, compare_vqa
     from nnshift.report import Report
 
-    warnings.filterwarnings("ignore")
-    torch.manual_seed(0)
     n_cap, n_vqa, n_eval = (60, 40, 60) if fast else (240, 100, 150)
     rep = Report(
         "nnshift demo: how fine-tuning moved the concepts of a tiny LLaVA, and steering it",
