@@ -19,12 +19,14 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "notebooks"
 
-SETUP = """import warnings
+SETUP = """%matplotlib inline
+import warnings
 warnings.filterwarnings("ignore")
 import torch
 import nnshift as ns
 from nnshift import zoo, plots
-torch.manual_seed(0)"""
+torch.manual_seed(0)
+torch.set_num_threads(1)  # the shapes models are tiny: one thread is as fast and never thrashes"""
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     "01_concepts.ipynb": [
@@ -129,7 +131,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             'base = zoo.load("shapes-base")\nlast = base.n_layers - 1\n'
             'yesno = zoo.dataset(100, task="vqa", answer_type="yes/no", seed=11)\n'
             'number = zoo.dataset(100, task="vqa", answer_type="number", seed=12)\n'
-            'evalset = zoo.dataset(150, task="vqa", seed=13)\n'
+            'evalset = zoo.dataset(120, task="vqa", seed=13)\n'
             "before = ns.generate(base, evalset, max_new_tokens=4, progress=False)",
         ),
         ("md", "## Coarse: yes/no -> number"),
@@ -137,10 +139,18 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "code",
             'acts = ns.capture(base, yesno + number, layer=last, at="last_prompt", progress=False)\n'
             'vec = ns.steering.answer_type_vector(acts, "yes/no", "number", by="reference")\n'
-            "for alpha in (0.5, 1.0, 2.0):\n"
+            "import matplotlib.pyplot as plt\n"
+            "alphas, rates = (0.0, 0.5, 1.0, 2.0), []\n"
+            "for alpha in alphas:\n"
             "    after = ns.steer(base, evalset, vec.patch(alpha=alpha), max_new_tokens=4, progress=False)\n"
             '    r = compare_vqa(before, after, evalset, touched=["yes/no", "number"])\n'
-            "    print(alpha, {t: tuple(round(x, 2) for x in v) for t, v in r.type_rates.items()})",
+            "    rates.append({t: v[1] for t, v in r.type_rates.items()})\n"
+            "    print(alpha, {t: tuple(round(x, 2) for x in v) for t, v in r.type_rates.items()})\n"
+            "fig, ax = plt.subplots(figsize=(6, 3))\n"
+            'for t in ("yes/no", "number", "other"):\n'
+            "    ax.plot(alphas, [x.get(t, 0) for x in rates], marker='o', label=t)\n"
+            "ax.set_xlabel('alpha'); ax.set_ylabel('share of answers'); ax.set_title('answer types under yes/no -> number steering')\n"
+            "ax.legend();",
         ),
         ("md", "## The patch inside your own nnsight generation"),
         (
@@ -167,7 +177,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         (
             "code",
             'colour_q = zoo.dataset(150, task="vqa", question_kind="color_of_shape", seed=14)\n'
-            'colour_eval = zoo.dataset(60, task="vqa", question_kind="color_of_shape", seed=15)\n'
+            'colour_eval = zoo.dataset(40, task="vqa", question_kind="color_of_shape", seed=15)\n'
             'cacts = ns.capture(base, colour_q, layer=last, at="last_prompt", progress=False)\n'
             'dico = ns.concepts.fit(cacts, k=6, method="kmeans", seed=0)\n'
             "ranked = ns.steering.by_impact(base, colour_eval, ns.steering.fine_all(dico), alpha=1.0,\n"
@@ -244,6 +254,23 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             'with p.hooked(bridge, attention_mask=enc["attention_mask"]):\n'
             '    tl_logits = bridge(enc["input_ids"], attention_mask=enc["attention_mask"])\n'
             'print("max |nnsight - TransformerLens| =", float((nn_logits - tl_logits).abs().max()))',
+        ),
+        ("md", "Where the edit enters: the residual stream with and without the patch, layer by layer."),
+        (
+            "code",
+            "import matplotlib.pyplot as plt\n"
+            "def resids(patch=None):\n"
+            "    with lm.model.trace(enc):\n"
+            "        if patch is not None:\n"
+            "            patch(lm, inputs=enc)\n"
+            "        hs = list().save()\n"
+            "        for layer in range(1, lm.n_layers):  # in execution order: the patch edits layer 1\n"
+            "            hs.append(lm.get_resid(layer)[:, -1])\n"
+            "    return torch.stack(list(hs))\n"
+            "diff = torch.cat([torch.zeros(1), (resids(p) - resids()).norm(dim=-1).squeeze(-1)])  # layer 0 is before the edit\n"
+            "fig, ax = plt.subplots(figsize=(5, 3))\n"
+            "ax.bar(range(lm.n_layers), diff.tolist()); ax.set_xlabel('layer'); ax.set_ylabel('||steered - unsteered||')\n"
+            "ax.set_title('a patch at layer 1 changes layer 1 and everything after it');",
         ),
     ],
 }
