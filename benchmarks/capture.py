@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
-import time
 import warnings
 
 import torch
+from steering import timed_all  # the shared round-robin timer (benchmarks/ is on sys.path when run as a script)
 
 import nnshift as ns
 from nnshift import positions as P
@@ -86,24 +86,6 @@ def bare_generate(vlm: ns.VLM, samples: list[ns.Sample], batch_size: int, max_ne
             )
 
 
-def timed_round_robin(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
-    """Best (wall, CPU) time of each function over `repeats` round-robin runs, after one warm-up each.
-
-    Round-robin spreads the noise of a shared machine over all methods; process CPU time is reported
-    beside wall time because other jobs on the machine inflate wall time only.
-    """
-    for fn in fns.values():
-        fn()
-    best = {name: (float("inf"), float("inf")) for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            w, c = time.perf_counter() - w0, time.process_time() - c0
-            best[name] = (min(best[name][0], w), min(best[name][1], c))
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="shapes-base", help="a zoo name, or 'random' (a random LLaVA, 8 LM layers)")
@@ -121,7 +103,7 @@ def main() -> None:
     bare_name = f"bare HF generate (batch {args.batch_size})"
     ours_name = f"ns.capture (batch {args.batch_size})"
     ref_name = "reference-style loop (batch 1, hook copies all)"
-    res = timed_round_robin(
+    res = timed_all(
         {
             bare_name: lambda: bare_generate(vlm, samples, args.batch_size, args.max_new_tokens),
             ours_name: lambda: ns.capture(
