@@ -1,6 +1,6 @@
 """A one-minute check that the install works: load a model, capture, print a summary.
 
-    python -m nnshift.quickstart            # the shapes-base zoo model if installed, else a tiny random LLaVA
+python -m nnshift.quickstart            # the shapes-base zoo model if installed, else a tiny random LLaVA
 """
 
 from __future__ import annotations
