@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import load_file
 
 from nnshift.zoo.build import NUM_IMAGE_TOKENS, build_processor
-from nnshift.zoo.train import TrainConfig, _Encoder, make_batch, train_all
+from nnshift.zoo.train import Encoder, TrainConfig, align_loss, make_batch, symbolic_embeds, train_all
 
 
 def test_batches_mask_everything_but_the_answer():
     proc = build_processor()
-    enc = _Encoder(proc)
+    enc = Encoder(proc)
     b = make_batch(enc, np.random.default_rng(0), 16, "colors", caption_share=0.5)
     tok = proc.tokenizer
     image_id = tok.convert_tokens_to_ids("<image>")
@@ -27,6 +27,26 @@ def test_batches_mask_everything_but_the_answer():
         assert torch.equal(ids[start:n], kept)
     again = make_batch(enc, np.random.default_rng(0), 16, "colors", caption_share=0.5)
     assert torch.equal(again.input_ids, b.input_ids) and torch.equal(again.pixel_values, b.pixel_values)
+    assert b.cells.shape == (16, 9, 4)
+
+
+def test_symbolic_scene_sits_at_the_image_tokens():
+    from nnshift.zoo.build import build_model
+
+    proc = build_processor()
+    enc = Encoder(proc)
+    model = build_model(seed=0)
+    b = make_batch(enc, np.random.default_rng(1), 4, "generic", caption_share=1.0)
+    emb = symbolic_embeds(model, b, enc.image_token_id)
+    table = model.get_input_embeddings().weight
+    for i in range(4):
+        pos = (b.input_ids[i] == enc.image_token_id).nonzero().flatten()
+        expected = table[b.cells[i]].sum(1)  # independent: index the table, sum the 4 words of each cell
+        assert torch.allclose(emb[i, pos], expected, atol=1e-6)
+        others = b.input_ids[i] != enc.image_token_id
+        assert torch.equal(emb[i, others], table[b.input_ids[i, others]])
+    loss = align_loss(model, b)
+    assert loss.ndim == 0 and loss > 0
 
 
 def _weights(folder):
@@ -34,20 +54,34 @@ def _weights(folder):
 
 
 def test_same_seed_same_weights(tmp_path):
-    cfg = TrainConfig(threads=torch.get_num_threads(), batch_size=16, base_steps=200, lora_steps=60, warmup=20)
+    cfg = TrainConfig(
+        threads=torch.get_num_threads(),
+        batch_size=16,
+        symbolic_steps=150,
+        symbolic_phase=50,
+        align_steps=40,
+        joint_steps=40,
+        lora_steps=30,
+        warmup=10,
+    )
     m1 = train_all(tmp_path / "a", cfg, log=None)
     m2 = train_all(tmp_path / "b", cfg, log=None)
     for name in ("shapes-base", "shapes-colors", "shapes-places"):
         w1, w2 = _weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)
         assert w1.keys() == w2.keys() and len(w1) > 0
         assert all(torch.equal(w1[k], w2[k]) for k in w1), name
-    assert m1["stages"]["shapes-base"]["final_loss"] == m2["stages"]["shapes-base"]["final_loss"]
-    # it learns: the loss falls well below its starting value
+    assert m1["stages"] == {k: {**v, "seconds": m1["stages"][k]["seconds"]} for k, v in m2["stages"].items()}
+    # it learns: the losses fall well below their starting values
     stages = json.loads((tmp_path / "a" / "zoo.json").read_text())["stages"]
-    assert stages["shapes-base"]["final_loss"] < 0.5 * stages["shapes-base"]["first_loss"]
+    assert stages["symbolic"]["final_loss"] < 0.8 * stages["symbolic"]["first_loss"]
+    assert stages["align"]["final_loss"] < 0.7 * stages["align"]["first_loss"]
     # a different seed gives different weights
     other = train_all(
-        tmp_path / "c", TrainConfig(**{**cfg.__dict__, "seed": 1, "base_steps": 20, "lora_steps": 2}), None
+        tmp_path / "c",
+        TrainConfig(
+            **{**cfg.__dict__, "seed": 1, "symbolic_steps": 5, "align_steps": 2, "joint_steps": 2, "lora_steps": 2}
+        ),
+        None,
     )
     assert other["config"]["seed"] == 1
     w3 = _weights(tmp_path / "c" / "shapes-base")

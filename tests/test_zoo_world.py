@@ -143,8 +143,6 @@ def _recompute(s):
         return "yes" if any(o["color"] == m[1] and o["shape"] == m[2] for o in objs) else "no"
     if m := re.fullmatch(r"is there an? (\w+)\?", q):
         return "yes" if m[1] in by_shape else "no"
-    if m := re.fullmatch(r"is the (\w+) (big|small)\?", q):
-        return "yes" if by_shape[m[1]]["size"] == m[2] else "no"
     if q == "how many shapes are there?":
         return str(len(objs))
     if m := re.fullmatch(r"what color is the (\w+)\?", q):
@@ -253,3 +251,15 @@ def test_write_vqav2(tmp_path):
         back = reader(qpath, apath, tmp_path / "img")
         assert sorted(x.prompt.split("\n")[0] for x in back) == sorted(raw)
         assert {x.meta["answer_type"] for x in back} == {s.meta["answer_type"] for s in samples}
+
+
+def test_cell_words_describe_the_scene():
+    scene = world.random_scene(np.random.default_rng([5, 5]))
+    rows = world.cell_words(scene)
+    assert len(rows) == 9 and all(len(r) == 4 for r in rows)
+    filled = [r for r in rows if r[0] in SHAPES]
+    assert len(filled) == scene["count"]
+    for o in scene["objects"]:
+        r, c = _CELL[o["position"]]
+        assert rows[r * 3 + c] == [o["shape"], o["color"], o["size"], o["position"]]
+    assert all(r == [scene["background"]] * 4 for r in rows if r[0] not in SHAPES)

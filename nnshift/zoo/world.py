@@ -42,6 +42,7 @@ __all__ = [
     "VOCABULARY",
     "random_scene",
     "render",
+    "cell_words",
     "caption",
     "question",
     "dataset",
@@ -59,7 +60,7 @@ STYLES: tuple[str, ...] = ("generic", "colors", "places")
 TASKS: tuple[str, ...] = ("caption", "vqa")
 ANSWER_TYPES: tuple[str, ...] = ("yes/no", "number", "other")
 QUESTION_KINDS: dict[str, tuple[str, ...]] = {
-    "yes/no": ("exists_color_shape", "exists_shape", "shape_is_size"),
+    "yes/no": ("exists_color_shape", "exists_shape"),
     "number": ("count",),
     "other": ("color_of_shape", "shape_of_color", "position_of_shape", "background"),
 }
@@ -227,6 +228,16 @@ def render(scene: dict[str, Any]) -> Image.Image:
     return im
 
 
+def cell_words(scene: dict[str, Any]) -> list[list[str]]:
+    """The words describing each of the 9 cells in raster order: [shape, color, size, position] for an object,
+    the background word four times for an empty cell (the symbolic scene the language model is pretrained on)."""
+    rows = [[scene["background"]] * 4 for _ in range(9)]
+    for o in scene["objects"]:
+        r, c = _CELLS[o["position"]]
+        rows[r * 3 + c] = [o["shape"], o["color"], o["size"], o["position"]]
+    return rows
+
+
 def _article(word: str) -> str:
     """'a' or 'an' before ``word``."""
     return "an" if word[0] in "aeiou" else "a"
@@ -297,9 +308,6 @@ def question(
             return f"is there {_article(obj['shape'])} {obj['shape']}?", "yes", answer_type, kind
         s = absent[int(rng.integers(0, len(absent)))]
         return f"is there {_article(s)} {s}?", "no", answer_type, kind
-    if kind == "shape_is_size":
-        asked = SIZES[int(rng.integers(0, 2))]
-        return f"is the {obj['shape']} {asked}?", "yes" if asked == obj["size"] else "no", answer_type, kind
     if kind == "count":
         return "how many shapes are there?", str(len(objs)), answer_type, kind
     if kind == "color_of_shape":
