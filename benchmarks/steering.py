@@ -201,7 +201,7 @@ def shapes(argv: list[str]) -> None:
     from nnshift import positions as P
     from nnshift import zoo
     from nnshift.concepts import fit
-    from nnshift.evaluate import answer_type, caption_report, compare_vqa
+    from nnshift.evaluate import answer_type, caption_report, compare_vqa, normalize_answer
     from nnshift.steering import answer_type_vector, by_impact, coarse, fine_all, target_answer
 
     ap = argparse.ArgumentParser(description="steering on the shapes world (needs the zoo, or --random)")
@@ -257,7 +257,10 @@ def shapes(argv: list[str]) -> None:
         vec = target_answer(acts, "yes", "no")
         after = steer(vlm, evalset, vec.patch(alpha), **q)
         rep = compare_vqa(base, after, evalset, source="yes", target="no")
+        answered_yes = [i for i, b in enumerate(base) if normalize_answer(b) == "yes"]
+        turned = sum(normalize_answer(after[i]) == "no" for i in answered_yes)
         return {
+            "yes_to_target": [turned, len(answered_yes)],
             "yes_count": list(rep.source_counts),
             "no_count": list(rep.target_counts),
             "untouched_accuracy": rep.untouched_accuracy,
@@ -296,7 +299,7 @@ def shapes(argv: list[str]) -> None:
         cap_eval = zoo.dataset(max(50, ne // 3), style="generic", task="caption", seed=16)
         c = {"max_new_tokens": 24, "progress": False}
         source = ns.capture(vlm, caps, mid, P.generated(reduce="mean"), max_new_tokens=24, progress=False)
-        # target: where the colour fine-tune says a colour word (greedy shapes-base never names colours)
+        # target: where the colour fine-tune says a colour word (greedy shapes-base rarely names one)
         ft = zoo.load("shapes-colors", dtype="float32") if not args.random else vlm
         target = ns.capture(ft, caps, mid, P.token_of_interest(list(zoo.COLORS)), max_new_tokens=24, progress=False)
         vec = coarse(source, target, layer=mid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,23 @@ def run_generation(
     if remote:
         ensure_remote_ready()
         kwargs["remote"] = True
+    with warnings.catch_warnings():
+        # every row may stop before max_new_tokens: nnsight then warns that the bounded loop was cut short,
+        # which is what we want (the ids are read inside the loop), so the warning is not shown to users
+        warnings.filterwarnings("ignore", message=r".*was never reached.*")
+        return _run(vlm, inputs, max_new_tokens, layers, edit, unembed, eos, kwargs)
+
+
+def _run(
+    vlm: Any,
+    inputs: dict[str, Tensor],
+    max_new_tokens: int,
+    layers: list[int],
+    edit: Edit | None,
+    unembed: Any,
+    eos: Sequence[int],
+    kwargs: dict[str, Any],
+) -> BatchRun:
     with vlm.model.generate(dict(inputs), **kwargs) as tracer:
         toks = list().save()
         flat = list().save()  # step-major, layer-minor (no comprehensions inside a trace body)

@@ -163,15 +163,22 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "    out = tracer.result.save()\n"
             '[base.decode(o[inputs["input_ids"].shape[1]:]) for o in out]',
         ),
-        ("md", "## Target answer: yes -> no"),
+        (
+            "md",
+            "## Target answer: yes -> no\n\nThe vector is as long as the states themselves on this tiny model, so "
+            "the useful range of alpha is narrow: sweep it and watch both the target and the untouched answer types.",
+        ),
         (
             "code",
             'yn = ns.capture(base, yesno, layer=last, at="last_prompt", progress=False)\n'
             "yn.answers = ns.generate(base, yesno, max_new_tokens=4, progress=False)\n"
             'vec_no = ns.steering.target_answer(yn, "yes", "no")\n'
-            "after = ns.steer(base, evalset, vec_no.patch(alpha=1.0), max_new_tokens=4, progress=False)\n"
-            'r = compare_vqa(before, after, evalset, source="yes", target="no")\n'
-            "r.source_counts, r.target_counts, r.untouched_accuracy",
+            "print(f\"|s| = {vec_no.norm:.1f}, mean |h| = {yn.tensor.norm(dim=-1).mean():.1f}\")\n"
+            "for alpha in (0.25, 0.4, 0.5, 1.0):\n"
+            "    after = ns.steer(base, evalset, vec_no.patch(alpha=alpha), max_new_tokens=4, progress=False)\n"
+            '    r = compare_vqa(before, after, evalset, source="yes", target="no")\n'
+            '    moved = {t: round(100 * d["delta"], 1) for t, d in r.untouched_accuracy.items()}\n'
+            '    print(alpha, "yes:", r.source_counts, "no:", r.target_counts, "untouched accuracy moved (points):", moved)',
         ),
         ("md", "## Fine-grained: colour -> colour, chosen by impact"),
         (
@@ -190,7 +197,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "mid = base.n_layers // 2\n"
             'caps = zoo.dataset(150, style="generic", task="caption", seed=16)\n'
             'src = ns.capture(base, caps, layer=mid, at=ns.positions.generated(reduce="mean"), max_new_tokens=24, progress=False)\n'
-            "# target: where the colour fine-tune says a colour word (greedy shapes-base never names colours)\n"
+            "# target: where the colour fine-tune says a colour word (greedy shapes-base rarely names one)\n"
             'colors = zoo.load("shapes-colors")\n'
             "tgt = ns.capture(colors, caps, layer=mid, at=ns.positions.token_of_interest(list(zoo.COLORS)),\n"
             "                 max_new_tokens=24, progress=False)\n"
