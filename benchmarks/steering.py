@@ -201,8 +201,9 @@ def shapes(argv: list[str]) -> None:
     from nnshift import positions as P
     from nnshift import zoo
     from nnshift.concepts import fit
-    from nnshift.evaluate import answer_type, caption_report, compare_vqa, normalize_answer
+    from nnshift.evaluate import answer_type, caption_report, compare_captions, compare_vqa, normalize_answer
     from nnshift.steering import answer_type_vector, by_impact, coarse, fine_all, target_answer
+    from nnshift.zoo.world import caption
 
     ap = argparse.ArgumentParser(description="steering on the shapes world (needs the zoo, or --random)")
     ap.add_argument("--model", default="shapes-base")
@@ -278,6 +279,13 @@ def shapes(argv: list[str]) -> None:
         ranked = by_impact(
             vlm, colour_eval, fine_all(dico), alpha=alpha, baseline=before, max_new_tokens=4, progress=False
         )
+        # each concept's colour, for checking only (the selection never sees it): the most common true answer
+        # among the training questions assigned to the concept
+        assigned = dico.assign(acts).tolist()
+        concept_colour = {}
+        for j in range(dico.k):
+            answers = [s.answers[0] for s, a in zip(acts.samples, assigned, strict=True) if a == j]
+            concept_colour[j] = Counter(answers).most_common(1)[0][0] if answers else None
         top = []
         for r in ranked[:5]:
             top.append(
@@ -286,9 +294,11 @@ def shapes(argv: list[str]) -> None:
                     "targets": r.targets,
                     "score": r.score,
                     "changes": dict(list(r.changes.items())[:5]),
+                    "colour_of_concept_j": concept_colour[r.key[1]],
                 }
             )
         return {
+            "concept_colours": concept_colour,
             "candidates": dico.k * (dico.k - 1),
             "top": top,
             "before_counts": dict(list(Counter(before).most_common(6))),
@@ -307,9 +317,15 @@ def shapes(argv: list[str]) -> None:
         after = steer(vlm, cap_eval, vec.patch(alpha), **c)
         styles = {"colors": zoo.COLORS, "places": zoo.BACKGROUNDS}
         rb, ra = caption_report(before, styles), caption_report(after, styles)
+        # caption quality: CIDEr-D against the image's generic caption (the base model's own style, as COCO's
+        # references are for the paper) and against its colours-style caption (are the named colours right?)
+        generic = compare_captions(before, after, styles, references=[s.answers for s in cap_eval])
+        colours = compare_captions(before, after, styles, references=[[caption(s.meta, "colors")] for s in cap_eval])
         return {
             "layer": mid,
             "rates": {"before": rb.rates, "after": ra.rates},
+            "cider_vs_generic": list(generic.cider or ()),
+            "cider_vs_colours": list(colours.cider or ()),
             "n_target_rows": len(target),
             "examples": list(zip(before[:3], after[:3], strict=True)),
         }

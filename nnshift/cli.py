@@ -182,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="answer-type / target-answer rates and accuracy of answers",
+        help="answer-type / target-answer rates and accuracy of answers; caption styles and CIDEr-D",
         description=_fmt(
-            "Score an answers.jsonl (as written by `steer`) against its references; "
+            "Score an answers.jsonl (as written by `steer`) against its references: VQA accuracy per answer "
+            "type, or for captions the style rates and CIDEr-D against the reference captions; "
             "with --baseline, also the changes relative to the unsteered answers.",
             "evaluate",
         ),
@@ -367,6 +368,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ]
     after = [r["answer"] for r in rows]
     is_vqa = any("answer_type" in s.meta for s in samples)
+    # caption quality (CIDEr-D) when every caption has reference captions
+    refs = [s.answers for s in samples] if samples and all(s.answers for s in samples) else None
     result: dict[str, Any]
     if args.baseline:
         base = {r["id"]: r["answer"] for r in _read_answers(args.baseline, "--baseline")}
@@ -378,12 +381,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             result = ns.evaluate.compare_vqa(before, after, samples, target=args.target).to_dict()
         else:
             styles = [args.style] if args.style else None
-            result = ns.evaluate.compare_captions(before, after, styles).to_dict()
+            result = ns.evaluate.compare_captions(before, after, styles, references=refs).to_dict()
     elif is_vqa:
         result = ns.evaluate.evaluate_vqa(after, samples).to_dict()
     else:
         styles = [args.style] if args.style else None
         result = ns.evaluate.caption_report(after, styles).to_dict()
+        if refs is not None:
+            result["cider"] = ns.evaluate.cider_d(after, refs).score
     text = json.dumps(result, indent=2, default=str)
     if args.out:
         from nnshift.store import atomic_write_bytes

@@ -5,6 +5,7 @@ number words -> digits, articles dropped, common contractions restored). The VQA
 official one by default: ``min(1, #matching annotators / 3)`` averaged over the 10 leave-one-annotator-out subsets
 (``official=False`` gives the simplified ``min(1, #matches / 3)`` of the reference code); with fewer than 3
 reference answers it is exact match. Scores are in [0, 1].
+Caption quality is CIDEr-D (`cider_d`, from `nnshift.cider`) against reference captions.
 Reports are dataclasses with ``to_dict()`` for JSON.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nnshift.cider import CiderResult, cider_d
 from nnshift.data import Sample
 from nnshift.errors import DataFormatError, EmptyInputError
 
@@ -24,12 +26,14 @@ __all__ = [
     "STYLE_KEYWORDS",
     "CaptionReport",
     "CaptionSteeringReport",
+    "CiderResult",
     "SteeringReport",
     "VQAReport",
     "answer_counts",
     "answer_type",
     "caption_report",
     "caption_style_rates",
+    "cider_d",
     "compare_captions",
     "compare_vqa",
     "count_changed",
@@ -494,24 +498,40 @@ def caption_report(
 
 @dataclass
 class CaptionSteeringReport:
-    """Steered vs unsteered captions: style rates before and after, and how many captions changed."""
+    """Steered vs unsteered captions: style rates before and after, how many captions changed, and (when
+    references were given) the CIDEr-D of each run against them."""
 
     before: CaptionReport
     after: CaptionReport
     changed: int
+    cider: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        return {"before": self.before.to_dict(), "after": self.after.to_dict(), "changed": self.changed}
+        return {
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "changed": self.changed,
+            "cider": list(self.cider) if self.cider is not None else None,
+        }
 
 
 def compare_captions(
-    before: Sequence[str], after: Sequence[str], styles: Mapping[str, Iterable[str]] | Sequence[str] | None = None
+    before: Sequence[str],
+    after: Sequence[str],
+    styles: Mapping[str, Iterable[str]] | Sequence[str] | None = None,
+    references: Sequence[Sequence[str]] | None = None,
 ) -> CaptionSteeringReport:
-    """Caption style rates before and after steering, and the number of changed captions."""
+    """Caption style rates before and after steering, the number of changed captions, and with ``references``
+    (one list of reference captions per caption) the CIDEr-D of both runs, ``(before, after)``."""
     _same_length(before, after, "caption lists")
+    cider = None
+    if references is not None:
+        _same_length(before, references, "captions and reference lists")
+        cider = (cider_d(before, references).score, cider_d(after, references).score)
     return CaptionSteeringReport(
         before=caption_report(before, styles),
         after=caption_report(after, styles),
         changed=sum(a.strip() != b.strip() for a, b in zip(before, after, strict=True)),
+        cider=cider,
     )

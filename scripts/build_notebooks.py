@@ -173,7 +173,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             'yn = ns.capture(base, yesno, layer=last, at="last_prompt", progress=False)\n'
             "yn.answers = ns.generate(base, yesno, max_new_tokens=4, progress=False)\n"
             'vec_no = ns.steering.target_answer(yn, "yes", "no")\n'
-            "print(f\"|s| = {vec_no.norm:.1f}, mean |h| = {yn.tensor.norm(dim=-1).mean():.1f}\")\n"
+            'print(f"|s| = {vec_no.norm:.1f}, mean |h| = {yn.tensor.norm(dim=-1).mean():.1f}")\n'
             "for alpha in (0.25, 0.4, 0.5, 1.0):\n"
             "    after = ns.steer(base, evalset, vec_no.patch(alpha=alpha), max_new_tokens=4, progress=False)\n"
             '    r = compare_vqa(before, after, evalset, source="yes", target="no")\n'

@@ -22,16 +22,20 @@ def _f(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}f}"
 
 
+def _arrow(pair: list[float] | None) -> str:
+    return f"{pair[0]:.2f} → {pair[1]:.2f}" if pair else "–"
+
+
 def concepts() -> None:
     d = json.loads((RESULTS / "shapes_shift.json").read_text())["concepts"]
     print(f"samples {d['n_samples']}, kept {d['n_kept']}, K = {d['k']}\n")
-    print("| method | purity (weighted) | top-5 purity | concepts whose first colour word is their dominant colour "
-          "| concepts with a colour word in their top 10 | Overlap(U) |")
+    print(
+        "| method | purity (weighted) | top-5 purity | concepts whose first colour word is their dominant colour "
+        "| concepts with a colour word in their top 10 | Overlap(U) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, m in d["methods"].items():
-        first = [
-            (c["colour_words"][0] if c["colour_words"] else None) == c["dominant_colour"] for c in m["concepts"]
-        ]
+        first = [(c["colour_words"][0] if c["colour_words"] else None) == c["dominant_colour"] for c in m["concepts"]]
         print(
             f"| {name} | {_f(m['weighted_purity'], 2)} | {_f(m['mean_top5_purity'], 2)} | "
             f"{sum(first)} / {len(first)} | {100 * m['share_with_colour_word']:.0f}% | {_f(m['overlap'], 2)} |"
@@ -67,14 +71,22 @@ def shift() -> None:
     for r in d["shift"]:
         if r["layer"] == max(x["layer"] for x in d["shift"]) and r["k"] == 20 and r["toi"] == "circle":
             a = r["alpha_sweep"]
-            print(f"\nα sweep ({r['fine_tune']}, circle, layer {r['layer']}, K = 20; keywords: {', '.join(a['keywords'])})\n")
+            print(
+                f"\nα sweep ({r['fine_tune']}, circle, layer {r['layer']}, K = 20; keywords: {', '.join(a['keywords'])})\n"
+            )
             print("| α | " + " | ".join(f"{x:g}" for x in a["alphas"]) + " |")
             print("|---|" + "---|" * len(a["alphas"]))
             print("| mean cosine recovery | " + " | ".join(_f(x) for x in a["mean_recovery"]) + " |")
-            print("| mean T-Overlap with the matched fine-tuned concept (%) | "
-                  + " | ".join(f"{mean(row):.1f}" for row in a["t_overlap"]) + " |")
-            print("| mean overlap with the keywords (%) | "
-                  + " | ".join(f"{mean(row):.1f}" for row in a["keyword_overlap"]) + " |")
+            print(
+                "| mean T-Overlap with the matched fine-tuned concept (%) | "
+                + " | ".join(f"{mean(row):.1f}" for row in a["t_overlap"])
+                + " |"
+            )
+            print(
+                "| mean overlap with the keywords (%) | "
+                + " | ".join(f"{mean(row):.1f}" for row in a["keyword_overlap"])
+                + " |"
+            )
 
 
 def steering() -> None:
@@ -84,8 +96,10 @@ def steering() -> None:
         runs.append(d)
     runs.sort(key=lambda d: (-d["layer_vqa"], d["alpha"]))
     print("**1. Coarse yes/no → number**\n")
-    print("| layer | α | number answers on yes/no questions | accuracy, number (points) | accuracy, other (points) "
-          "| accuracy, yes/no |")
+    print(
+        "| layer | α | number answers on yes/no questions | accuracy, number (points) | accuracy, other (points) "
+        "| accuracy, yes/no |"
+    )
     print("|---|---|---|---|---|---|")
     for d in runs:
         c = d["coarse yes/no -> number"]
@@ -98,8 +112,10 @@ def steering() -> None:
             f"{_f(b['yes/no'])} → {_f(a['yes/no'])} |"
         )
     print("\n**2. Target answer yes → no**\n")
-    print("| layer | α | \"yes\" answers | \"no\" answers | questions answered yes turned to no | "
-          "accuracy moved on untouched types (points) |")
+    print(
+        '| layer | α | "yes" answers | "no" answers | questions answered yes turned to no | '
+        "accuracy moved on untouched types (points) |"
+    )
     print("|---|---|---|---|---|---|")
     for d in runs:
         y = d["target answer yes -> no"]
@@ -111,16 +127,21 @@ def steering() -> None:
             f"{y['no_count'][0]} → {y['no_count'][1]} | {flip} | {u} |"
         )
     print("\n**3. Colour → colour by impact**\n")
-    print("| layer | α | top vectors: targets (score) |")
-    print("|---|---|---|")
+    print("| layer | α | top 3 vectors: targets (score) | top-5 vectors whose target is concept j's colour |")
+    print("|---|---|---|---|")
     for d in runs:
         col = d["colour -> colour by impact"]
-        top = "; ".join(f"u{t['pair'][1]} − u{t['pair'][0]} → {'/'.join(t['targets'])} ({t['score']:g})"
-                        for t in col["top"][:3])
-        print(f"| {d['layer_vqa']} | {d['alpha']:g} | {top} |")
+        top = "; ".join(
+            f"u{t['pair'][1]} − u{t['pair'][0]} → {'/'.join(t['targets'])} ({t['score']:g})" for t in col["top"][:3]
+        )
+        match = [t.get("colour_of_concept_j") in t["targets"] for t in col["top"]]
+        print(f"| {d['layer_vqa']} | {d['alpha']:g} | {top} | {sum(match)} / {len(match)} |")
     print("\n**4. Caption style generic → colours**\n")
-    print("| layer | α | captions naming a colour | captions naming a background |")
-    print("|---|---|---|---|")
+    print(
+        "| layer | α | captions naming a colour | captions naming a background | CIDEr-D vs the generic caption "
+        "| CIDEr-D vs the colours caption |"
+    )
+    print("|---|---|---|---|---|---|")
     seen = set()
     for d in runs:
         cap = d["caption style: colours"]
@@ -131,7 +152,8 @@ def steering() -> None:
         r = cap["rates"]
         print(
             f"| {cap['layer']} | {d['alpha']:g} | {100 * r['before']['colors']:.0f}% → {100 * r['after']['colors']:.0f}% | "
-            f"{100 * r['before']['places']:.0f}% → {100 * r['after']['places']:.0f}% |"
+            f"{100 * r['before']['places']:.0f}% → {100 * r['after']['places']:.0f}% | "
+            f"{_arrow(cap.get('cider_vs_generic'))} | {_arrow(cap.get('cider_vs_colours'))} |"
         )
 
 

@@ -138,3 +138,22 @@ def test_concepts_and_report_from_the_cli(setup):
     assert "concept  0" in res.stdout
     d = ns.concepts.ConceptDictionary.load(root / "dico")
     assert d.k == 3
+
+
+def test_evaluate_captions_reports_style_and_cider(tmp_path):
+    refs = [["a red circle", "a small red circle"], ["a blue square", "a square"]]
+    rows = lambda answers: "\n".join(  # noqa: E731
+        json.dumps({"id": f"c{i}", "answer": a, "answers": r})
+        for i, (a, r) in enumerate(zip(answers, refs, strict=True))
+    )
+    (tmp_path / "before.jsonl").write_text(rows(["a circle", "a square"]))
+    (tmp_path / "after.jsonl").write_text(rows(["a red circle", "a blue square"]))
+    res = nnshift("evaluate", "--answers", tmp_path / "after.jsonl", "--baseline", tmp_path / "before.jsonl")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["after"]["rates"]["colors"] == 1.0 and out["before"]["rates"]["colors"] == 0.0
+    before, after = out["cider"]
+    assert after > before
+    assert after == pytest.approx(ns.evaluate.cider_d(["a red circle", "a blue square"], refs).score)
+    single = json.loads(nnshift("evaluate", "--answers", tmp_path / "after.jsonl").stdout)
+    assert single["cider"] == pytest.approx(after)

@@ -14,6 +14,7 @@ from nnshift.evaluate import (
     answer_type,
     caption_report,
     caption_style_rates,
+    cider_d,
     compare_captions,
     compare_vqa,
     count_changed,
@@ -157,6 +158,15 @@ def test_caption_styles():
     rep = compare_captions(["a circle", "a square"], ["a red circle", "a square"], ["colors"])
     assert rep.before.rates["colors"] == 0.0 and rep.after.rates["colors"] == 0.5 and rep.changed == 1
     assert json.loads(json.dumps(rep.to_dict()))["after"]["counts"] == {"colors": 1}
+    assert rep.cider is None
+    refs = [["a red circle", "a small red circle"], ["a square", "a big square"]]
+    rep = compare_captions(["a circle", "a square"], ["a red circle", "a square"], ["colors"], references=refs)
+    before, after = rep.cider
+    assert after > before  # the steered caption now matches its references
+    assert after == pytest.approx(cider_d(["a red circle", "a square"], refs).score)
+    assert json.loads(json.dumps(rep.to_dict()))["cider"] == [pytest.approx(before), pytest.approx(after)]
+    with pytest.raises(DataFormatError):
+        compare_captions(["a circle"], ["a square"], references=[["a"], ["b"]])
     with pytest.raises(DataFormatError):
         caption_style_rates(caps, ["fonts"])
     with pytest.raises(EmptyInputError):
