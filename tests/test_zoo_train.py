@@ -87,3 +87,20 @@ def test_same_seed_same_weights(tmp_path):
     w3 = _weights(tmp_path / "c" / "shapes-base")
     head = next(k for k in w3 if k.endswith("lm_head.weight"))
     assert not torch.equal(w3[head], _weights(tmp_path / "a" / "shapes-base")[head])
+
+
+def test_label_smoothing_matches_its_definition():
+    from nnshift.zoo.train import _ce
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    labels = torch.tensor([[-100, -100, 3, 1, 6], [-100, 2, 2, 0, -100]])
+    assert torch.equal(_ce(logits, labels), _ce(logits, labels, 0.0))
+    # independent: (1 - eps) * NLL of the target + eps * mean over the vocabulary of -log p, on the labelled steps
+    logp = torch.log_softmax(logits[:, :-1], -1).reshape(-1, 7)
+    tgt = labels[:, 1:].reshape(-1)
+    keep = tgt != -100
+    nll = -logp[keep].gather(1, tgt[keep, None]).squeeze(1)
+    uniform = -logp[keep].mean(1)
+    expected = ((1 - 0.1) * nll + 0.1 * uniform).mean()
+    assert torch.allclose(_ce(logits, labels, 0.1), expected, atol=1e-6)

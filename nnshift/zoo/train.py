@@ -100,6 +100,9 @@ class TrainConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     warmup: int = 50
+    # label smoothing of every answer-token cross-entropy (symbolic, joint, LoRA). 0 for the shipped zoo; 0.1 made
+    # coarse answer-type steering selective but cost "where is X?" accuracy (docs/zoo.md, "Things tried")
+    label_smoothing: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,17 +188,20 @@ def make_batch(
     return Batch(ids, mask, labels, pixel_values(images), torch.tensor(cells, dtype=torch.long))
 
 
-def _ce(logits: Float[Tensor, "b t v"], labels: Int[Tensor, "b t"]) -> Float[Tensor, ""]:
+def _ce(logits: Float[Tensor, "b t v"], labels: Int[Tensor, "b t"], smoothing: float = 0.0) -> Float[Tensor, ""]:
     """Next-token cross-entropy over the labelled (answer) tokens."""
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        label_smoothing=smoothing,
     )
 
 
-def answer_loss(model: Any, batch: Batch) -> Float[Tensor, ""]:
+def answer_loss(model: Any, batch: Batch, smoothing: float = 0.0) -> Float[Tensor, ""]:
     """Mean next-token cross-entropy over the answer tokens (teacher forcing), on the real images."""
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values)
-    return _ce(out.logits, batch.labels)
+    return _ce(out.logits, batch.labels, smoothing)
 
 
 def symbolic_embeds(model: Any, batch: Batch, image_token_id: int) -> Float[Tensor, "b t d"]:
@@ -207,10 +213,10 @@ def symbolic_embeds(model: Any, batch: Batch, image_token_id: int) -> Float[Tens
     return emb.masked_scatter(mask, cells.to(emb.dtype))
 
 
-def symbolic_loss(model: Any, batch: Batch, image_token_id: int) -> Float[Tensor, ""]:
+def symbolic_loss(model: Any, batch: Batch, image_token_id: int, smoothing: float = 0.0) -> Float[Tensor, ""]:
     """Answer-token cross-entropy with symbolic scenes in place of the image features."""
     out = model(inputs_embeds=symbolic_embeds(model, batch, image_token_id), attention_mask=batch.attention_mask)
-    return _ce(out.logits, batch.labels)
+    return _ce(out.logits, batch.labels, smoothing)
 
 
 def align_loss(model: Any, batch: Batch) -> Float[Tensor, ""]:
@@ -318,7 +324,7 @@ def train_base(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> tu
         cfg.symbolic_lr,
         cfg,
         symbolic_batch,
-        lambda m, b: symbolic_loss(m, b, enc.image_token_id),
+        lambda m, b: symbolic_loss(m, b, enc.image_token_id, cfg.label_smoothing),
         log,
     )
     stages["symbolic"] = _summary(losses, time.perf_counter() - t0)
@@ -348,7 +354,7 @@ def train_base(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> tu
         cfg.joint_lr,
         cfg,
         lambda step, rng: make_batch(enc, rng, cfg.batch_size, "generic", cfg.caption_share),
-        answer_loss,
+        lambda m, b: answer_loss(m, b, cfg.label_smoothing),
         log,
     )
     stages["joint"] = _summary(losses, time.perf_counter() - t0)
@@ -377,7 +383,7 @@ def train_lora(
         cfg.lora_lr,
         cfg,
         lambda step, rng: make_batch(enc, rng, cfg.batch_size, style, 1.0),
-        answer_loss,
+        lambda m, b: answer_loss(m, b, cfg.label_smoothing),
         log,
     )
     return model, losses
@@ -442,6 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=TrainConfig.seed)
     ap.add_argument("--threads", type=int, default=TrainConfig.threads)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (e.g. 0.1 to try)")
+    ap.add_argument(
+        "--label-smoothing", type=float, default=TrainConfig.label_smoothing, help="answer-token label smoothing"
+    )
     args = ap.parse_args(argv)
     d = TrainConfig()
     cfg = TrainConfig(
@@ -452,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         align_steps=max(1, round(d.align_steps * args.scale)),
         joint_steps=max(1, round(d.joint_steps * args.scale)),
         lora_steps=max(1, round(d.lora_steps * args.scale)),
+        label_smoothing=args.label_smoothing,
     )
     train_all(args.out, cfg)
     return 0
