@@ -201,7 +201,7 @@ def shapes(argv: list[str]) -> None:
     from nnshift import positions as P
     from nnshift import zoo
     from nnshift.concepts import fit
-    from nnshift.evaluate import answer_type, caption_report, compare_captions, compare_vqa, normalize_answer
+    from nnshift.evaluate import answer_type, compare_captions, compare_vqa
     from nnshift.steering import answer_type_vector, by_impact, coarse, fine_all, target_answer
     from nnshift.zoo.world import caption
 
@@ -258,10 +258,8 @@ def shapes(argv: list[str]) -> None:
         vec = target_answer(acts, "yes", "no")
         after = steer(vlm, evalset, vec.patch(alpha), **q)
         rep = compare_vqa(base, after, evalset, source="yes", target="no")
-        answered_yes = [i for i, b in enumerate(base) if normalize_answer(b) == "yes"]
-        turned = sum(normalize_answer(after[i]) == "no" for i in answered_yes)
         return {
-            "yes_to_target": [turned, len(answered_yes)],
+            "yes_to_target": [rep.turned, rep.source_counts[0]],
             "yes_count": list(rep.source_counts),
             "no_count": list(rep.target_counts),
             "untouched_accuracy": rep.untouched_accuracy,
@@ -316,14 +314,13 @@ def shapes(argv: list[str]) -> None:
         before = generate(vlm, cap_eval, **c)
         after = steer(vlm, cap_eval, vec.patch(alpha), **c)
         styles = {"colors": zoo.COLORS, "places": zoo.BACKGROUNDS}
-        rb, ra = caption_report(before, styles), caption_report(after, styles)
         # caption quality: CIDEr-D against the image's generic caption (the base model's own style, as COCO's
         # references are for the paper) and against its colours-style caption (are the named colours right?)
         generic = compare_captions(before, after, styles, references=[s.answers for s in cap_eval])
         colours = compare_captions(before, after, styles, references=[[caption(s.meta, "colors")] for s in cap_eval])
         return {
             "layer": mid,
-            "rates": {"before": rb.rates, "after": ra.rates},
+            "rates": {"before": generic.before.rates, "after": generic.after.rates},
             "cider_vs_generic": list(generic.cider or ()),
             "cider_vs_colours": list(colours.cider or ()),
             "n_target_rows": len(target),

@@ -37,6 +37,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def _ngrams(words: list[str]) -> list[Counter[tuple[str, ...]]]:
+    """Counts of the 1- to 4-grams of ``words``."""
     return [Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1)) for n in range(1, N_MAX + 1)]
 
 
@@ -48,11 +49,16 @@ class CiderResult:
     per_caption: list[float]
 
 
-def _vector(counts: Counter[tuple[str, ...]], idf: dict[tuple[str, ...], float], log_n: float) -> dict:
+Gram = tuple[str, ...]
+
+
+def _vector(counts: Counter[Gram], idf: dict[Gram, float], log_n: float) -> dict[Gram, float]:
+    """tf-idf of one caption's n-grams (an n-gram in no reference gets the largest idf, log |I|)."""
     return {g: c * idf.get(g, log_n) for g, c in counts.items()}
 
 
-def _norm(v: dict) -> float:
+def _norm(v: dict[Gram, float]) -> float:
+    """Euclidean norm of a sparse vector."""
     return math.sqrt(sum(x * x for x in v.values()))
 
 

@@ -253,8 +253,7 @@ def _run(out: str | Path, fast: bool, progress: bool) -> Path:
         vec_no = ns.steering.target_answer(yn_acts, "yes", "no")
         after_no = ns.steer(base, evalset, vec_no.patch(alpha=ALPHA_NO), **q)
         no_rep = compare_vqa(before, after_no, evalset, source="yes", target="no")
-        yes_idx = [i for i in idx if before[i].strip().lower() == "yes"]
-        flipped = sum(after_no[i].strip().lower() == "no" for i in yes_idx) / max(1, len(yes_idx))
+        flipped = no_rep.turned / max(1, no_rep.source_counts[0])
 
         mid = max(0, base.n_layers // 2)
         caps = zoo.dataset(n_vqa, style="generic", task="caption", seed=204)

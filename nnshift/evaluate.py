@@ -270,7 +270,8 @@ class SteeringReport:
 
     ``source_counts`` / ``target_counts`` are ``(before, after)`` counts of answers equal (after normalisation)
     to one of the source / target answers; ``untouched_accuracy`` maps each answer type that the steering is
-    not meant to touch to ``{"before", "after", "delta"}`` accuracies; ``changed`` counts answers that differ.
+    not meant to touch to ``{"before", "after", "delta"}`` accuracies; ``changed`` counts answers that differ;
+    ``turned`` counts samples answered with a source answer before and with a target answer after.
     """
 
     before: VQAReport
@@ -282,6 +283,7 @@ class SteeringReport:
     type_rates: dict[str, tuple[float, float]]
     untouched_accuracy: dict[str, dict[str, float]]
     changed: int
+    turned: int = 0
 
     @property
     def changed_rate(self) -> float:
@@ -301,6 +303,7 @@ class SteeringReport:
             "untouched_accuracy": self.untouched_accuracy,
             "changed": self.changed,
             "changed_rate": self.changed_rate,
+            "turned": self.turned,
         }
 
 
@@ -346,6 +349,7 @@ def compare_vqa(
         type_rates={t: (rb.predicted_type_rates.get(t, 0.0), ra.predicted_type_rates.get(t, 0.0)) for t in types_all},
         untouched_accuracy=untouched,
         changed=count_changed(before, after),
+        turned=sum(_matches(b, src) and _matches(a, tgt) for b, a in zip(before, after, strict=True)),
     )
 
 

@@ -126,6 +126,7 @@ def test_compare_vqa_yes_to_no():
     after = ["no", "no", "2", "white", "black"]
     rep = compare_vqa(before, after, samples, source="yes", target="no")
     assert rep.source_counts == (1, 0) and rep.target_counts == (1, 2)
+    assert rep.turned == 1  # the one "yes" became "no"; the "no" that stayed "no" does not count
     assert rep.changed == 1 and rep.changed_rate == pytest.approx(0.2)
     # yes/no is touched (the source and target's type); number and other are untouched and keep their accuracy
     assert set(rep.untouched_accuracy) == {"number", "other"}

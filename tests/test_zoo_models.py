@@ -157,3 +157,18 @@ def test_real_nnshift_load_if_available():
         pytest.skip("nnshift.models.load is not written yet")
     vlm = zoo.load("shapes-colors")
     assert vlm.n_layers == 4 and vlm.hidden_size == 128
+
+
+def test_generate_stopping_early_is_silent():
+    """Every row ends with </s> long before max_new_tokens: ns.generate must not pass on nnsight's cut-short warning."""
+    import warnings
+
+    import nnshift as ns
+
+    vlm = zoo.load("shapes-base", dtype="float32")
+    samples = dataset(4, task="vqa", answer_type="number", seed=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answers = ns.generate(vlm, samples, max_new_tokens=12, progress=False)
+    assert answers == [s.answers[0] for s in samples]  # one digit each, then </s>
+    assert not [w for w in caught if "was never reached" in str(w.message)]
