@@ -7,7 +7,18 @@ import torch
 from safetensors.torch import load_file
 
 from nnshift.zoo.build import NUM_IMAGE_TOKENS, build_processor
-from nnshift.zoo.train import Encoder, TrainConfig, align_loss, make_batch, symbolic_embeds, train_all
+from nnshift.zoo.train import (
+    Encoder,
+    TrainConfig,
+    align_loss,
+    finish_zoo,
+    make_batch,
+    refine_kinds,
+    symbolic_embeds,
+    train_all,
+    train_base,
+    train_refine,
+)
 
 
 def test_batches_mask_everything_but_the_answer():
@@ -61,6 +72,7 @@ def test_same_seed_same_weights(tmp_path):
         symbolic_phase=50,
         align_steps=40,
         joint_steps=40,
+        refine_steps=20,
         lora_steps=30,
         warmup=10,
     )
@@ -79,7 +91,7 @@ def test_same_seed_same_weights(tmp_path):
     other = train_all(
         tmp_path / "c",
         TrainConfig(
-            **{**cfg.__dict__, "seed": 1, "symbolic_steps": 5, "align_steps": 2, "joint_steps": 2, "lora_steps": 2}
+            **{**cfg.__dict__, "seed": 1, "symbolic_steps": 5, "align_steps": 2, "joint_steps": 2, "refine_steps": 2, "lora_steps": 2}
         ),
         None,
     )
@@ -104,3 +116,44 @@ def test_label_smoothing_matches_its_definition():
     uniform = -logp[keep].mean(1)
     expected = ((1 - 0.1) * nll + 0.1 * uniform).mean()
     assert torch.allclose(_ce(logits, labels, 0.1), expected, atol=1e-6)
+
+
+def test_refine_stage_can_continue_a_saved_base(tmp_path):
+    """train_base with a refine stage == train_base without it, saved, reloaded, then train_refine (bit for bit):
+    the refine stage draws from its own seed stream and starts a fresh optimiser, so it can resume a saved base."""
+    from transformers import LlavaForConditionalGeneration
+
+    small = dict(
+        threads=torch.get_num_threads(),
+        batch_size=8,
+        symbolic_steps=12,
+        symbolic_phase=4,
+        align_steps=4,
+        joint_steps=4,
+        warmup=2,
+    )
+    full, _, stages = train_base(TrainConfig(**small, refine_steps=6, refine_position_weight=3), log=None)
+    assert stages["refine"]["steps"] == 6
+    first, proc, stages0 = train_base(TrainConfig(**small, refine_steps=0), log=None)
+    assert "refine" not in stages0
+    first.save_pretrained(tmp_path / "base")
+    resumed = LlavaForConditionalGeneration.from_pretrained(tmp_path / "base")
+    train_refine(resumed, proc, TrainConfig(**small, refine_steps=6, refine_position_weight=3), log=None)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["lm_head.weight"], first.state_dict()["lm_head.weight"])  # the stage did train
+    # and the LoRA fine-tunes of the in-memory base and of the reloaded one are the same too
+    cfg = TrainConfig(**small, refine_steps=6, refine_position_weight=3, lora_steps=3)
+    finish_zoo(full, proc, {}, cfg, tmp_path / "z1", log=None)
+    finish_zoo(resumed, proc, {}, cfg, tmp_path / "z2", log=None)
+    for name in ("shapes-colors", "shapes-places"):
+        w1, w2 = _weights(tmp_path / "z1" / name), _weights(tmp_path / "z2" / name)
+        assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1), name
+
+
+def test_refine_kinds_weight_where_questions():
+    kinds = refine_kinds(4)
+    assert kinds.count("position_of_shape") == 4
+    assert all(kinds.count(k) == 1 for k in set(kinds) - {"position_of_shape"})
+    assert refine_kinds(1).count("position_of_shape") == 1

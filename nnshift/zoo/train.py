@@ -1,7 +1,7 @@
 """Train the shapes zoo from scratch, deterministically: ``python -m nnshift.zoo.train``.
 
 A from-scratch LLaVA this small does not learn to bind attributes ("what color is the square?") from pixels within
-minutes, so shapes-base is trained in three stages, like LLaVA's own recipe of a pretrained language model, a
+minutes, so shapes-base is trained in stages, like LLaVA's own recipe of a pretrained language model, a
 vision-language alignment and an end-to-end instruction tuning:
 
 1. ``symbolic``: the language model alone learns captions + VQA on *symbolic scenes*: at the image-token positions
@@ -11,6 +11,11 @@ vision-language alignment and an end-to-end instruction tuning:
 2. ``align``: the vision tower + projector learn to produce those symbolic cell embeddings from the pixels
    (regression onto the language model's embeddings; the language model is not touched).
 3. ``joint``: the whole LLaVA is trained end to end on real images, generic captions + VQA, answer tokens only.
+4. ``refine``: the same again with a fresh schedule, with "where is the X?" drawn 4x as often (it is the question
+   the smaller stages leave weakest).
+
+Every answer-token loss uses label smoothing 0.1: it keeps the answer margins moderate, which is what lets a
+coarse steering vector change the answer type without touching other questions (docs/zoo.md, "Things tried").
 
 shapes-colors and shapes-places are then LoRA adapters of the language model (PEFT), trained on the colors /
 places captions with the same caption prompt. Training data are drawn on the fly from seeded generators, whose
@@ -77,7 +82,7 @@ KIND_PHASES: tuple[tuple[str, ...], ...] = (
     ("color_of_shape", "shape_of_color", "exists_color_shape", "exists_shape", "position_of_shape"),
     tuple(k for ks in QUESTION_KINDS.values() for k in ks),
 )
-_STAGE_CODE = {"symbolic": 101, "align": 102, "joint": 103, "colors": 104, "places": 105}
+_STAGE_CODE = {"symbolic": 101, "align": 102, "joint": 103, "colors": 104, "places": 105, "refine": 106}
 
 
 @dataclass
@@ -87,7 +92,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1  # results depend (1e-6) on the thread count; 1 thread is also fastest on a busy 2-core box
     batch_size: int = 64
-    symbolic_steps: int = 2400
+    symbolic_steps: int = 3600
     symbolic_phase: int = 600  # steps per phase of KIND_PHASES (the last phase runs to the end)
     symbolic_lr: float = 5e-4
     align_steps: int = 400
@@ -95,14 +100,18 @@ class TrainConfig:
     joint_steps: int = 400
     joint_lr: float = 2e-4
     caption_share: float = 0.35  # share of captions in the batches once captions are in (last phase, joint)
+    # a second joint stage (fresh optimiser and schedule) in which "where is the X?" is drawn
+    # ``refine_position_weight`` times as often as each other question kind; 0 steps skips it
+    refine_steps: int = 600
+    refine_position_weight: int = 4
     lora_steps: int = 300
     lora_lr: float = 2e-3
     lora_rank: int = 8
     lora_alpha: int = 16
     warmup: int = 50
-    # label smoothing of every answer-token cross-entropy (symbolic, joint, LoRA). 0 for the shipped zoo; 0.1 made
-    # coarse answer-type steering selective but cost "where is X?" accuracy (docs/zoo.md, "Things tried")
-    label_smoothing: float = 0.0
+    # label smoothing of every answer-token cross-entropy (symbolic, joint, refine, LoRA). It keeps the answer
+    # margins small enough for coarse answer-type steering to be selective (docs/zoo.md, "Things tried")
+    label_smoothing: float = 0.1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -358,7 +367,39 @@ def train_base(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> tu
         log,
     )
     stages["joint"] = _summary(losses, time.perf_counter() - t0)
+    if cfg.refine_steps > 0:
+        t0 = time.perf_counter()
+        losses = train_refine(model, processor, cfg, log)
+        stages["refine"] = _summary(losses, time.perf_counter() - t0)
     return model, processor, stages
+
+
+def refine_kinds(position_weight: int) -> list[str]:
+    """The question kinds of the refine stage, "where is the X?" repeated ``position_weight`` times."""
+    kinds = [k for ks in QUESTION_KINDS.values() for k in ks]
+    return kinds + ["position_of_shape"] * max(0, position_weight - 1)
+
+
+def train_refine(model: Any, processor: Any, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> list[float]:
+    """The refine stage: all parameters, real images, question kinds from ``refine_kinds`` (in place)."""
+    _setup(cfg)
+    # SDPA attention, as in a model loaded from its folder: a saved base then resumes bit for bit (eager and SDPA
+    # differ by ~1e-7, which training amplifies)
+    model.set_attn_implementation("sdpa")
+    enc = Encoder(processor)
+    kinds = refine_kinds(cfg.refine_position_weight)
+    params = _requires_grad(model, lambda n: True)
+    return _fit(
+        model,
+        params,
+        "refine",
+        cfg.refine_steps,
+        cfg.joint_lr,
+        cfg,
+        lambda step, rng: make_batch(enc, rng, cfg.batch_size, "generic", cfg.caption_share, kinds),
+        lambda m, b: answer_loss(m, b, cfg.label_smoothing),
+        log,
+    )
 
 
 def train_lora(
@@ -372,7 +413,9 @@ def train_lora(
     lora = LoraConfig(
         r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, bias="none"
     )
-    model = get_peft_model(copy.deepcopy(base), lora)
+    base = copy.deepcopy(base)
+    base.set_attn_implementation("sdpa")  # as loaded from its folder (see train_refine)
+    model = get_peft_model(base, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     enc = Encoder(processor)
     losses = _fit(
@@ -393,13 +436,27 @@ def train_all(
     out_dir: str | Path = DEFAULT_CHECKPOINTS, cfg: TrainConfig | None = None, log: Callable[[str], None] | None = print
 ) -> dict[str, Any]:
     """Train and save the three checkpoints under ``out_dir``; returns the manifest written to ``zoo.json``."""
+    cfg = cfg or TrainConfig()
+    t_all = time.perf_counter()
+    base, processor, stages = train_base(cfg, log=log)
+    return finish_zoo(base, processor, stages, cfg, out_dir, log=log, t_start=t_all)
+
+
+def finish_zoo(
+    base: Any,
+    processor: Any,
+    stages: dict[str, Any],
+    cfg: TrainConfig,
+    out_dir: str | Path = DEFAULT_CHECKPOINTS,
+    log: Callable[[str], None] | None = print,
+    t_start: float | None = None,
+) -> dict[str, Any]:
+    """Train the two LoRA fine-tunes of a trained ``base`` and write the zoo (atomically) under ``out_dir``."""
     import peft
     import transformers
 
-    cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
-    t_all = time.perf_counter()
-    base, processor, stages = train_base(cfg, log=log)
+    t_all = time.perf_counter() if t_start is None else t_start
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         staging = Path(tmp)
@@ -460,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         symbolic_phase=max(1, round(d.symbolic_phase * args.scale)),
         align_steps=max(1, round(d.align_steps * args.scale)),
         joint_steps=max(1, round(d.joint_steps * args.scale)),
+        refine_steps=round(d.refine_steps * args.scale),
         lora_steps=max(1, round(d.lora_steps * args.scale)),
         label_smoothing=args.label_smoothing,
     )
