@@ -91,7 +91,15 @@ def test_same_seed_same_weights(tmp_path):
     other = train_all(
         tmp_path / "c",
         TrainConfig(
-            **{**cfg.__dict__, "seed": 1, "symbolic_steps": 5, "align_steps": 2, "joint_steps": 2, "refine_steps": 2, "lora_steps": 2}
+            **{
+                **cfg.__dict__,
+                "seed": 1,
+                "symbolic_steps": 5,
+                "align_steps": 2,
+                "joint_steps": 2,
+                "refine_steps": 2,
+                "lora_steps": 2,
+            }
         ),
         None,
     )
