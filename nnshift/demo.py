@@ -43,8 +43,8 @@ def _bar(ax: Any, labels: list[str], before: list[float], after: list[float], ti
 
 
 #: steering strengths of the demo (docs/steering.md measures the whole range on the shapes world)
-ALPHA_TYPE = 2.0
-ALPHA_NO = 0.4
+ALPHA_TYPE = 1.5
+ALPHA_NO = 0.3
 ALPHA_CAPTION = 1.0
 
 
@@ -282,7 +282,7 @@ def _run(out: str | Path, fast: bool, progress: bool) -> Path:
             "Steering shapes-base without training",
             "Coarse vector = mean(target states) - mean(source states) at the last prompt token of the last layer, "
             f"added at every position and generation step (yes/no -> number: alpha = {ALPHA_TYPE:g}; yes -> no: "
-            f"alpha = {ALPHA_NO:g}, the selective value measured in docs/steering.md). Caption style: from the mean "
+            f"alpha = {ALPHA_NO:g}; both the selective values measured in docs/steering.md). Caption style: from the mean "
             "generated-token state of shapes-base captions to the states where shapes-colors says a colour word, "
             f"at layer {mid} (alpha = {ALPHA_CAPTION:g}).",
         )
@@ -292,8 +292,7 @@ def _run(out: str | Path, fast: bool, progress: bool) -> Path:
 
         sec.findings.append(
             f"yes/no -> number: the share of number answers to yes/no questions goes from {share[0]:.0%} to "
-            f"{share[1]:.0%}; accuracy moved on the other types (points): {moved(coarse_rep)}. On this tiny model "
-            "the coarse vector is not selective: see docs/steering.md."
+            f"{share[1]:.0%}; accuracy moved on the other types (points): {moved(coarse_rep)}."
         )
         sec.findings.append(
             f"yes -> no: {flipped:.0%} of the yes/no questions answered 'yes' are answered 'no' after steering; "

@@ -140,7 +140,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             'acts = ns.capture(base, yesno + number, layer=last, at="last_prompt", progress=False)\n'
             'vec = ns.steering.answer_type_vector(acts, "yes/no", "number", by="reference")\n'
             "import matplotlib.pyplot as plt\n"
-            "alphas, rates = (0.0, 0.5, 1.0, 2.0), []\n"
+            "alphas, rates = (0.0, 0.5, 1.0, 1.5, 2.0), []\n"
             "for alpha in alphas:\n"
             "    after = ns.steer(base, evalset, vec.patch(alpha=alpha), max_new_tokens=4, progress=False)\n"
             '    r = compare_vqa(before, after, evalset, touched=["yes/no", "number"])\n'
@@ -174,7 +174,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "yn.answers = ns.generate(base, yesno, max_new_tokens=4, progress=False)\n"
             'vec_no = ns.steering.target_answer(yn, "yes", "no")\n'
             'print(f"|s| = {vec_no.norm:.1f}, mean |h| = {yn.tensor.norm(dim=-1).mean():.1f}")\n'
-            "for alpha in (0.25, 0.4, 0.5, 1.0):\n"
+            "for alpha in (0.25, 0.3, 0.5, 1.0):\n"
             "    after = ns.steer(base, evalset, vec_no.patch(alpha=alpha), max_new_tokens=4, progress=False)\n"
             '    r = compare_vqa(before, after, evalset, source="yes", target="no")\n'
             '    moved = {t: round(100 * d["delta"], 1) for t, d in r.untouched_accuracy.items()}\n'
