@@ -165,3 +165,13 @@ def test_refine_kinds_weight_where_questions():
     assert kinds.count("position_of_shape") == 4
     assert all(kinds.count(k) == 1 for k in set(kinds) - {"position_of_shape"})
     assert refine_kinds(1).count("position_of_shape") == 1
+
+
+def test_defaults_reproduce_the_shipped_config():
+    """`python -m nnshift.zoo.train` with no options trains what is shipped: its config is the recorded one."""
+    from dataclasses import asdict
+
+    from nnshift.zoo import CHECKPOINTS
+
+    shipped = json.loads((CHECKPOINTS / "zoo.json").read_text())["config"]
+    assert shipped == asdict(TrainConfig())
