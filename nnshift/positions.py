@@ -45,8 +45,8 @@ __all__ = [
     "Text",
     "TokenOfInterest",
     "Union",
-    "all",
     "as_selector",
+    "every",
     "find_word_token",
     "generated",
     "image",
@@ -257,9 +257,19 @@ def as_selector(x: SelectorLike) -> Selector:
     )
 
 
-def all() -> All:
-    """Every non-padding position, prompt and decode steps."""
+def every() -> All:
+    """Every non-padding position, prompt and decode steps (``"all"`` as a shorthand)."""
     return All()
+
+
+def __getattr__(name: str) -> Any:
+    """``positions.all`` is the former name of `every` (it shadowed the builtin); kept with a warning."""
+    if name == "all":
+        import warnings
+
+        warnings.warn("nnshift.positions.all() is now nnshift.positions.every()", DeprecationWarning, stacklevel=2)
+        return every
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def prompt() -> Prompt:

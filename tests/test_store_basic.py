@@ -49,7 +49,7 @@ def test_jaxtyping_checks_are_active_in_tests():
     """The pytest jaxtyping import hook checks nnshift's shape annotations at run time."""
     import jaxtyping
 
-    from nnshift.positions import all as all_positions
+    from nnshift.positions import every as all_positions
 
     with pytest.raises(jaxtyping.TypeCheckError):
         all_positions().prefill_mask(torch.ones(4, dtype=torch.long), torch.zeros(4, dtype=torch.bool))
