@@ -1,8 +1,7 @@
 """nnshift: concepts, fine-tuning shifts and steering of multimodal LLMs, on nnsight and TransformerLens."""
 
-__version__ = "0.1.0"
-
 from nnshift import concepts, data, errors, evaluate, models, plots, positions, shift, steering, zoo
+from nnshift._version import __version__
 from nnshift.capture import capture
 from nnshift.data import Sample
 from nnshift.errors import NnshiftError

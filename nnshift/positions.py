@@ -7,7 +7,7 @@ prediction is token ``i + 1``.
 Prompt length ``P`` (without padding) and generated tokens ``g_0, g_1, ...``:
 
 =====================  ================================================================
-``all()``              every non-padding position: the prompt and every decode step
+``every()``            every non-padding position: the prompt and every decode step
 ``prompt()``           positions ``0 .. P-1`` (the prefill pass)
 ``last_prompt()``      position ``P-1``: the state that produces the first answer token
 ``generated()``        positions ``P, P+1, ...``: every decode step (inputs are generated tokens)
