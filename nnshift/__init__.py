@@ -7,6 +7,7 @@ from nnshift.data import Sample
 from nnshift.errors import NnshiftError
 from nnshift.generation import generate
 from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures
+from nnshift.read import read, read_activations
 from nnshift.steering import steer
 from nnshift.store import Activations, ActivationStore, load_activations, pair
 
@@ -30,6 +31,8 @@ __all__ = [
     "pair",
     "plots",
     "positions",
+    "read",
+    "read_activations",
     "register_adapter",
     "shift",
     "steer",

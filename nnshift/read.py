@@ -1,0 +1,131 @@
+"""Capture inside your own nnsight trace: `read` the selected positions, then `from_tensor` -> `Activations`.
+
+    inputs = vlm.prepare(samples)
+    with vlm.model.trace(inputs):
+        h = ns.read(vlm, -1, at="last_prompt", inputs=inputs)   # a saved [rows, hidden] tensor
+    acts = ns.read_activations(h, samples, vlm=vlm, layer=-1, at="last_prompt", inputs=inputs)
+
+The rows, their ids and ``reduce="mean"`` follow `ns.capture` exactly (tests/test_read.py checks equality),
+so what you read in your own trace can be paired, fed to concepts, shift analysis and steering vectors.
+Selectors that need the model's own answer (token of interest, generated) need a generation: use `ns.capture`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from nnshift._version import versions
+from nnshift.data import Sample
+from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, PositionError
+from nnshift.positions import Selector, SelectorLike, as_selector
+from nnshift.store import Activations
+
+__all__ = ["read", "read_activations", "selection_mask"]
+
+
+def _forward_selector(at: SelectorLike) -> Selector:
+    selector = as_selector(at)
+    if selector.needs_generation:
+        raise PositionError(
+            f"{selector} needs the model's own answer, which one forward trace does not produce",
+            "capture it with ns.capture(vlm, samples, layer, at=...), which runs the generation for you",
+        )
+    return selector
+
+
+def selection_mask(vlm: Any, at: SelectorLike, inputs: Mapping[str, Tensor]) -> Bool[Tensor, "b s"]:
+    """The [batch, seq] mask of the prompt positions ``at`` selects in ``inputs`` (as `ns.capture` selects them)."""
+    if "input_ids" not in inputs:
+        raise EmptyInputError("inputs has no 'input_ids'", "pass what vlm.prepare(samples) returned")
+    ids = inputs["input_ids"]
+    attn = inputs.get("attention_mask", torch.ones_like(ids))
+    return _forward_selector(at).prefill_mask(attn.cpu(), vlm.image_token_mask(ids).cpu())
+
+
+def read(vlm: Any, layer: int, at: SelectorLike = "last_prompt", *, inputs: Mapping[str, Tensor]) -> Any:
+    """Inside ``vlm.model.trace(inputs)``: the saved residual states after block ``layer`` at the selected positions.
+
+    After the trace the result is a ``[rows, hidden]`` tensor, rows in batch order then position order.
+    """
+    mask = selection_mask(vlm, at, inputs).to(inputs["input_ids"].device)
+    return vlm.get_resid(layer)[mask].detach().cpu().save()
+
+
+def _row_layout(
+    mask: Bool[Tensor, "b s"], attn: Tensor, samples: Sequence[Sample], reduce: str | None
+) -> list[tuple[str, Sample, dict[str, Any], slice]]:
+    """(row id, sample, meta, slice of the flat selected states) per row, with capture's id rule."""
+    counts = mask.sum(dim=1).tolist()
+    offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
+    pad = (attn.cpu() == 0).sum(dim=1).tolist()
+    rows: list[tuple[str, Sample, dict[str, Any], slice]] = []
+    for b, sample in enumerate(samples):
+        lo, hi = offsets[b], offsets[b + 1]
+        if hi == lo:
+            continue
+        if reduce == "mean" or hi - lo == 1:
+            rows.append((sample.id, sample, {**sample.meta, "n_positions": hi - lo}, slice(lo, hi)))
+            continue
+        positions = (mask[b].nonzero().flatten() - pad[b]).tolist()
+        for j, p in enumerate(positions):
+            rows.append((f"{sample.id}#{p}", sample, {**sample.meta, "position": p}, slice(lo + j, lo + j + 1)))
+    return rows
+
+
+def read_activations(
+    tensor: Float[Tensor, "n d"],
+    samples: Sequence[Sample],
+    *,
+    vlm: Any,
+    layer: int,
+    at: SelectorLike = "last_prompt",
+    inputs: Mapping[str, Tensor],
+    reduce: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Activations:
+    """Turn what `read` returned into `Activations` with capture's rows, ids and provenance."""
+    if reduce not in (None, "mean"):
+        raise PositionError(f"unknown reduce {reduce!r}", "use reduce=None or reduce='mean'")
+    samples = list(samples)
+    mask = selection_mask(vlm, at, inputs)
+    if mask.shape[0] != len(samples):
+        raise EmptyInputError(
+            f"{len(samples)} samples for a batch of {mask.shape[0]} prompts", "pass the samples given to vlm.prepare"
+        )
+    if tensor.ndim != 2 or tensor.shape[0] != int(mask.sum()) or tensor.shape[1] != vlm.hidden_size:
+        raise HiddenSizeMismatchError(
+            f"read tensor of shape {tuple(tensor.shape)}; expected [{int(mask.sum())}, {vlm.hidden_size}]",
+            "pass the tensor ns.read returned for these inputs and this selector",
+        )
+    attn = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+    layout = _row_layout(mask, attn, samples, reduce)
+    rows = [tensor[s].float().mean(0).to(dtype) for _, _, _, s in layout]
+    selector = as_selector(at)
+    info = {
+        "model": vlm.name,
+        "lora": getattr(vlm, "lora", None) if getattr(vlm, "lora_enabled", False) else None,
+        "layers": [vlm.layer_index(layer)],
+        "selector": selector.spec(),
+        "reduce": reduce,
+        "dtype": str(dtype),
+        "hidden_size": vlm.hidden_size,
+        "max_new_tokens": None,
+        "layer": vlm.layer_index(layer),
+        "versions": versions(),
+        "source": "ns.read",
+    }
+    kept = {sample.id for _, sample, _, _ in layout}
+    return Activations(
+        tensor=torch.stack(rows) if rows else torch.zeros(0, vlm.hidden_size, dtype=dtype),
+        ids=[r[0] for r in layout],
+        answers=["" for _ in layout],
+        meta=[r[2] for r in layout],
+        info=info,
+        samples=[r[1] for r in layout],
+        skipped=[s.id for s in samples if s.id not in kept],
+    )
