@@ -47,3 +47,14 @@ def test_read_activations_checks_the_tensor(vlm: ns.VLM, samples: list[ns.Sample
     inputs = vlm.prepare(samples)
     with pytest.raises(HiddenSizeMismatchError):
         ns.read_activations(torch.zeros(3, vlm.hidden_size), samples, vlm=vlm, layer=1, inputs=inputs)
+
+
+def test_several_image_invokes_are_refused_by_nnsight(vlm: ns.VLM, samples: list[ns.Sample]) -> None:
+    """docs/capture.md: nnsight 0.8.1 cannot batch two prepared multimodal invokes; one batch is the way."""
+    first, second = vlm.prepare(samples[:1]), vlm.prepare(samples[1:2])
+    with pytest.raises(NotImplementedError, match="Can't batch these inputs"):  # noqa: SIM117
+        with vlm.model.trace() as tracer:
+            with tracer.invoke(**first):
+                vlm.get_resid(1).save()
+            with tracer.invoke(**second):
+                vlm.get_resid(1).save()
