@@ -7,7 +7,7 @@ from nnshift.data import Sample
 from nnshift.errors import NnshiftError
 from nnshift.generation import generate
 from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures
-from nnshift.read import read, read_activations
+from nnshift.read import cache_activations, read, read_activations
 from nnshift.steering import steer
 from nnshift.store import Activations, ActivationStore, load_activations, pair
 
@@ -19,6 +19,7 @@ __all__ = [
     "NnshiftError",
     "Sample",
     "__version__",
+    "cache_activations",
     "capture",
     "concepts",
     "data",

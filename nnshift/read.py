@@ -25,7 +25,7 @@ from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, PositionErr
 from nnshift.positions import Selector, SelectorLike, as_selector
 from nnshift.store import Activations
 
-__all__ = ["read", "read_activations", "selection_mask"]
+__all__ = ["cache_activations", "read", "read_activations", "selection_mask"]
 
 
 def _forward_selector(at: SelectorLike) -> Selector:
@@ -129,3 +129,43 @@ def read_activations(
         samples=[r[1] for r in layout],
         skipped=[s.id for s in samples if s.id not in kept],
     )
+
+
+def _cache_entry(cache: Any, layer: int, n_layers: int) -> Float[Tensor, "b s d"]:
+    """The residual stream after block ``layer`` in a TransformerLens cache (HookedTransformer or bridge names)."""
+    layer = layer + n_layers if layer < 0 else layer
+    for name in (f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.hook_out"):
+        if name in cache:
+            return cache[name]
+    raise PositionError(
+        f"the cache has no residual stream of block {layer}",
+        f"run run_with_cache without names_filter, or keep blocks.{layer}.hook_resid_post / blocks.{layer}.hook_out",
+    )
+
+
+def cache_activations(
+    cache: Any,
+    samples: Sequence[Sample],
+    *,
+    vlm: Any,
+    layer: int,
+    at: SelectorLike = "last_prompt",
+    inputs: Mapping[str, Tensor],
+    reduce: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Activations:
+    """TransformerLens ``run_with_cache`` output (its ActivationCache or a dict) on ``inputs`` -> `Activations`.
+
+    Rows, ids and provenance are `ns.capture`'s; ``layer`` counts decoder blocks as nnshift does.
+    """
+    resid = _cache_entry(cache, layer, vlm.n_layers)
+    mask = selection_mask(vlm, at, inputs)
+    if resid.shape[:2] != mask.shape:
+        raise HiddenSizeMismatchError(
+            f"cached residual of shape {tuple(resid.shape)} for inputs of shape {tuple(mask.shape)}",
+            "run the TransformerLens model on exactly the inputs passed here (vlm.prepare(samples))",
+        )
+    flat = resid.detach().cpu()[mask]
+    acts = read_activations(flat, samples, vlm=vlm, layer=layer, at=at, inputs=inputs, reduce=reduce, dtype=dtype)
+    acts.info["source"] = "transformer_lens cache"
+    return acts
