@@ -80,7 +80,7 @@ def work_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def matrix(x: Activations | Tensor, name: str = "activations", *, promote: bool = True) -> Float[Tensor, "m d"]:
+def matrix(x: Any, name: str = "activations", *, promote: bool = True) -> Float[Tensor, "m d"]:
     """``x`` (`Activations` or tensor) as a checked ``[M, D]`` tensor: 2-D, non-empty, finite; float32 or wider.
 
     A tensor that is not 2-D raises `ConceptError`, an empty one `EmptyInputError`, NaN / Inf `NonFiniteError`.
@@ -124,7 +124,7 @@ def concept_matrix(
     return u.to(device=device if device is not None else u.device, dtype=dtype or work_dtype(u))
 
 
-def check_top_n(n: int, m: int) -> int:
+def check_top_n(n: object, m: int) -> int:
     """A number of top samples: a positive integer, capped at the ``m`` samples there are."""
     try:
         count = None if isinstance(n, bool) else operator.index(n)
