@@ -63,12 +63,18 @@ class ConceptDictionaryLike(Protocol):
     method: str
 
     @property
-    def k(self) -> int: ...
+    def k(self) -> int:
+        """Number of concepts K."""
+        ...
 
     @property
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        """Hidden size D."""
+        ...
 
-    def transform(self, acts: Tensor) -> Tensor: ...
+    def transform(self, acts: Tensor) -> Tensor:
+        """Activations ``[M, K]`` of ``[M, D]`` rows on the concepts."""
+        ...
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -124,7 +130,7 @@ def concept_matrix(
     return u.to(device=device if device is not None else u.device, dtype=dtype or work_dtype(u))
 
 
-def check_top_n(n: object, m: int) -> int:
+def check_top_n(n: Any, m: int) -> int:
     """A number of top samples: a positive integer, capped at the ``m`` samples there are."""
     try:
         count = None if isinstance(n, bool) else operator.index(n)

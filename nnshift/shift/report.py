@@ -76,6 +76,7 @@ def vlm_grounder(vlm: Any, top: int) -> Grounder:
     from nnshift.concepts.grounding import ground_text
 
     def ground(u: Float[Tensor, "k d"]) -> list[list[str]]:
+        """The ``top`` words of each concept."""
         return [list(w) for w in ground_text(u, vlm, top=top)]
 
     return ground
@@ -212,6 +213,7 @@ class ShiftReport:
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ShiftReport:
         """Load what `save` wrote (tensors onto ``device``)."""
         doc, tensors = _read(Path(path), device)
+        saved: dict[str, Any] = {n: tensors.get(n) for n in _TENSORS} | {n: doc.get(n) for n in _WORDS}
         return cls(
             alpha=float(doc["alpha"]),
             correlations=json_unsafe(doc["correlations"]),
@@ -219,8 +221,7 @@ class ShiftReport:
             thresholds=DynamicsThresholds(**doc["thresholds"]),
             ids=list(doc["ids"]),
             info=doc.get("info", {}),
-            **{n: tensors.get(n) for n in _TENSORS},
-            **{n: doc.get(n) for n in _WORDS},
+            **saved,
         )
 
 
