@@ -224,18 +224,18 @@ def test_t_overlap_property(a, b):
 @settings(max_examples=40, deadline=None)
 @given(groups=st.lists(words_st, min_size=2, max_size=6))
 def test_overlap_matches_reference(groups):
-    assert nc.overlap(groups) == pytest.approx(_overlap_reference(groups))
-    assert nc.overlap(groups, percent=True) == pytest.approx(100 * _overlap_reference(groups))
+    assert nc.dictionary_overlap(groups) == pytest.approx(_overlap_reference(groups))
+    assert nc.dictionary_overlap(groups, percent=True) == pytest.approx(100 * _overlap_reference(groups))
 
 
 def test_overlap_extremes_and_errors():
     same = [["dog", "cat"]] * 4
-    assert nc.overlap(same) == 1.0
+    assert nc.dictionary_overlap(same) == 1.0
     disjoint = [[w] for w in ["a1", "b2", "c3"]]
-    assert nc.overlap(disjoint) == 0.0
+    assert nc.dictionary_overlap(disjoint) == 0.0
     assert all(nc.t_overlap(x, y) == 0 for x, y in itertools.permutations(disjoint, 2))
     with pytest.raises(ConceptError, match="at least 2"):
-        nc.overlap([["dog"]])
+        nc.dictionary_overlap([["dog"]])
 
 
 # ----------------------------------------------------------------------------------- with a real (tiny) model

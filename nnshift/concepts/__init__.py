@@ -10,6 +10,7 @@ from nnshift.concepts.dictionary import ConceptDictionary
 from nnshift.concepts.estimator import ConceptEstimator, fit
 from nnshift.concepts.grounding import (
     TopSamples,
+    dictionary_overlap,
     ground_text,
     overlap,
     plot_top_samples,
@@ -31,6 +32,7 @@ __all__ = [
     "FitResult",
     "TopSamples",
     "available_methods",
+    "dictionary_overlap",
     "fit",
     "get_method",
     "ground_text",

@@ -13,9 +13,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor
 
+from nnshift import metrics
 from nnshift.concepts.methods import ConceptMethod, get_method
 from nnshift.errors import ConceptError, CorruptStoreError, HiddenSizeMismatchError
-from nnshift.store import Activations, as_matrix, atomic_write_bytes
+from nnshift.store import Activations, atomic_write_bytes
 
 if TYPE_CHECKING:
     from nnshift.concepts.grounding import TopSamples
@@ -29,14 +30,7 @@ _JSON = "concepts.json"
 
 def matrix(x: Any, name: str = "activations") -> Float[Tensor, "m d"]:
     """``x`` (`Activations` or tensor) as a checked ``[M, D]`` tensor; `ConceptError` when it is not 2-D."""
-    t = x.tensor if isinstance(x, Activations) else x
-    if not isinstance(t, Tensor) or t.ndim != 2:
-        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-        raise ConceptError(
-            f"{name} must be an [M, D] tensor or Activations, got {shape}",
-            "stack one vector per row (x[None] for a single vector)",
-        )
-    return as_matrix(x, name=name)
+    return metrics.matrix(x, name, promote=False)
 
 
 @dataclass(eq=False)
@@ -167,7 +161,7 @@ class ConceptDictionary:
 
     def assign(self, acts: Activations | Float[Tensor, "m d"]) -> Int[Tensor, " m"]:
         """The concept of each row: ``argmax_i |v_i|`` (k-means: the most similar centroid)."""
-        return self.scores(acts).argmax(dim=1)
+        return metrics.assign(self.scores(acts))
 
     # ------------------------------------------------------------------ grounding
     def ground_text(self, vlm: Any, top: int = 15, pre_top: int = 200, **kwargs: Any) -> list[list[str]]:

@@ -4,7 +4,8 @@
   filtered to English words (wordfreq's offline list) and numbers, ``top`` words per concept.
 * `top_samples` / `plot_top_samples`: the ``n`` most activating samples per concept, as ids and a
   matplotlib figure grid of their images.
-* `t_overlap` (T-Overlap of two groundings, in %) and `overlap` (CoX-LMM's Overlap(U)).
+* `t_overlap` (T-Overlap of two groundings, in %) and `dictionary_overlap` (CoX-LMM's Overlap(U) of one
+  dictionary; `overlap` is its old name), both defined in `nnshift.metrics`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from nnshift.concepts.dictionary import ConceptDictionary, matrix
+from nnshift.concepts.dictionary import ConceptDictionary
 from nnshift.concepts.methods import get_method
 from nnshift.errors import ConceptError, EmptyInputError, HiddenSizeMismatchError
+from nnshift.metrics import check_top_n, concept_matrix, dictionary_overlap, matrix, t_overlap, top_rows
 from nnshift.store import Activations
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STOPWORDS",
     "TopSamples",
+    "dictionary_overlap",
     "ground_text",
     "is_word",
     "normalize_token",
@@ -126,8 +129,7 @@ def ground_text(
     ``numbers``) or lowercase English words longer than 2 letters with a wordfreq Zipf frequency
     of at least ``min_zipf`` and not in ``stopwords`` (default `STOPWORDS`).
     """
-    u = concepts.concepts if isinstance(concepts, ConceptDictionary) else concepts
-    u = matrix(u, name="concepts")
+    u = concept_matrix(concepts, "concepts")
     if not isinstance(top, int) or top < 1 or not isinstance(pre_top, int) or pre_top < 1:
         raise ConceptError(f"top and pre_top must be positive integers, got {top!r}, {pre_top!r}", "pass e.g. top=15")
     lens = getattr(vlm, "logit_lens", None)
@@ -190,12 +192,9 @@ class TopSamples:
 
 def top_samples(dico: ConceptDictionary, acts: Activations | Float[Tensor, "m d"], n: int = 5) -> TopSamples:
     """Per concept, the ``n`` rows with the highest score ``|v_k|`` (k-means: similarity): ids + activations."""
-    if not isinstance(n, int) or n < 1:
-        raise ConceptError(f"n must be a positive integer, got {n!r}", "pass e.g. n=5")
+    n_eff = check_top_n(n, matrix(acts, "acts", promote=False).shape[0])
     v = dico.transform(acts)
-    s = get_method(dico.method).scores(v, dico.params)
-    n_eff = min(n, v.shape[0])
-    idx = s.topk(n_eff, dim=0).indices.t().contiguous()  # [K, n]
+    idx = top_rows(get_method(dico.method).scores(v, dico.params), n_eff)  # [K, n], best first
     vals = v.t().gather(1, idx)
     if isinstance(acts, Activations):
         ids = [[acts.ids[i] for i in row] for row in idx.cpu().tolist()]
@@ -262,21 +261,5 @@ def plot_top_samples(
     return fig
 
 
-def t_overlap(a: Sequence[str], b: Sequence[str]) -> float:
-    """T-Overlap(a, b) = 100 · |A ∩ B| / |A| for the word sets A, B (0 when A is empty)."""
-    sa, sb = set(a), set(b)
-    if not sa:
-        return 0.0
-    return 100.0 * len(sa & sb) / len(sa)
-
-
-def overlap(groundings: Sequence[Sequence[str]], percent: bool = False) -> float:
-    """CoX-LMM's Overlap(U) = (1/K) Σ_k (1/(K-1)) Σ_{l≠k} |T_l ∩ T_k| / |T_k| (a fraction; lower = more disentangled)."""
-    k = len(groundings)
-    if k < 2:
-        raise ConceptError(f"overlap needs at least 2 concepts, got {k}", "pass the groundings of every concept")
-    total = 0.0
-    for i in range(k):
-        total += sum(t_overlap(groundings[i], groundings[j]) for j in range(k) if j != i) / (k - 1)
-    value = total / k
-    return value if percent else value / 100.0
+#: CoX-LMM's Overlap(U), under its old name (renamed so that it is not confused with T-Overlap)
+overlap = dictionary_overlap

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from nnshift.errors import CorruptStoreError, EmptyInputError, HiddenSizeMismatchError, NonFiniteError, SteeringError
 from nnshift.evaluate import answer_type, normalize_answer
+from nnshift.metrics import concept_matrix
 from nnshift.store import Activations, as_matrix, atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -343,15 +344,8 @@ def answer_type_vector(
 
 
 def _concepts_of(dico: Any) -> Float[Tensor, "k d"]:
-    concepts = getattr(dico, "concepts", dico)
-    if not isinstance(concepts, Tensor) or concepts.ndim != 2:
-        raise SteeringError(
-            f"expected a concept dictionary (an object with .concepts [K, D]), got {type(dico).__name__}",
-            "pass a nnshift.concepts.ConceptDictionary or a [K, D] tensor",
-        )
-    if not bool(torch.isfinite(concepts).all()):
-        raise NonFiniteError("the concept dictionary has NaN/Inf values", "refit the dictionary on finite activations")
-    return concepts
+    """The checked ``[K, D]`` concepts of ``dico`` (`nnshift.metrics.concept_matrix`; `SteeringError` if none)."""
+    return concept_matrix(dico, "dico", error=SteeringError)
 
 
 def _dico_info(dico: Any) -> tuple[int | None, dict[str, Any]]:
