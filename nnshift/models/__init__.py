@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nnshift.models.adapter import ModelAdapter
 from nnshift.models.loading import VLM, load
+from nnshift.models.protocol import VLMLike
 from nnshift.models.registry import (
     register_adapter,
     registered_adapters,
@@ -13,6 +14,7 @@ from nnshift.models.registry import (
 
 __all__ = [
     "VLM",
+    "VLMLike",
     "ModelAdapter",
     "load",
     "register_adapter",
