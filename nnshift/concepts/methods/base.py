@@ -94,12 +94,15 @@ def rel_error(z: Float[Tensor, "m d"], zhat: Float[Tensor, "m d"]) -> float:
     return (num / den) ** 0.5 if den > 0 else 0.0
 
 
+_Cfg = TypeVar("_Cfg", bound="MethodConfig")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Base of the methods' frozen, typed configs; subclasses validate their fields in ``__post_init__``."""
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], method: str = "") -> MethodConfig:
+    def from_params(cls: type[_Cfg], params: Mapping[str, Any], method: str = "") -> _Cfg:
         """The config from a params dict (keyword arguments of ``fit``, or a saved dictionary's ``params``)."""
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(params) - set(names))
@@ -113,7 +116,7 @@ class MethodConfig:
         """The JSON-safe dict a saved dictionary stores (tensors recorded as ``"<tensor [..]>"``)."""
         return {f.name: tensor_record(getattr(self, f.name)) for f in fields(self)}
 
-    def replace(self, **changes: Any) -> MethodConfig:
+    def replace(self: _Cfg, **changes: Any) -> _Cfg:
         """A copy with ``changes`` applied (validated again)."""
         return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
