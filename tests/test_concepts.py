@@ -618,3 +618,23 @@ def test_old_import_paths_still_work():
 
     assert isinstance(get_method("sparse_semi_nmf"), SemiNMFMethod)
     assert set(METHODS) <= set(available_methods())
+
+
+def test_docs_tables_are_well_formed():
+    """Every markdown table of docs/concepts.md has a header, a separator and rows of the same width."""
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[1] / "docs" / "concepts.md").read_text().splitlines()
+    tables: list[list[str]] = []
+    in_code = False
+    for i, line in enumerate(lines):
+        in_code ^= line.startswith("```")
+        if not in_code and line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|")):
+            tables.append([])
+        if not in_code and line.startswith("|"):
+            tables[-1].append(line)
+    assert len(tables) >= 4
+    for t in tables:
+        width = [len(r.replace("\\|", "").strip().strip("|").split("|")) for r in t]
+        assert len(t) >= 3 and set(t[1].replace("|", "").strip()) <= {"-", ":"}, t[:2]
+        assert len(set(width)) == 1, t[0]
