@@ -366,8 +366,8 @@ def _steering_section(rep: Report, vqa: _VQASteering, cap: _CaptionSteering) -> 
         f"{share[1]:.0%}; {untouched_finding(vqa.coarse.untouched_accuracy)}."
     )
     sec.findings.append(
-        f"yes -> no: {vqa.flipped:.0%} of the questions answered 'yes' ({vqa.to_no.source_counts[0]}) are answered "
-        f"'no' after steering; {untouched_finding(vqa.to_no.untouched_accuracy)}."
+        f"yes -> no: {vqa.to_no.turned} of the {vqa.to_no.source_counts[0]} questions answered 'yes' "
+        f"({vqa.flipped:.0%}) are answered 'no' after steering; {untouched_finding(vqa.to_no.untouched_accuracy)}."
     )
     rb, ra = cap.before.rates, cap.after.rates
     sec.findings.append(

@@ -446,7 +446,8 @@ def plot_before_after(panels: Sequence[BeforeAfter], ncols: int | None = None) -
         ax.set_ylabel(p.ylabel)
         top = max([*p.before, *p.after, 1e-9])
         ax.set_ylim(0, max(1.0, top) * 1.15 if top <= 1.0 else top * 1.15)
-        ax.legend(fontsize=7, loc="lower right")
     for ax in axes[len(panels) :]:
         ax.set_axis_off()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside upper center", ncols=2, fontsize=8, frameon=False)
     return fig

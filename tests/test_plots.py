@@ -198,7 +198,7 @@ def test_before_after_bars_show_both_runs():
     assert len(axes) == 2
     heights = [round(p.get_height(), 3) for p in axes[1].patches]
     assert heights == [0.99, 1.0, 0.985, 1.0]  # unsteered bars, then steered bars
-    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["unsteered", "steered"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["unsteered", "steered"]
     assert [t.get_text() for t in axes[1].get_xticklabels()] == ["other", "number"]
     with pytest.raises(EmptyInputError):
         plot_before_after([])
