@@ -65,6 +65,15 @@ def run_demo(out: str | Path = "nnshift-report", fast: bool = False, progress: b
         torch.set_num_threads(threads)
 
 
+def _capture1(vlm: Any, samples: Any, **kwargs: Any) -> Activations:
+    """`nnshift.capture` at one layer: its `Activations` (the demo never captures several layers at once)."""
+    import nnshift as ns
+
+    acts = ns.capture(vlm, samples, **kwargs)
+    assert not isinstance(acts, dict), "the demo captures one layer at a time"  # an invariant, not a user error
+    return acts
+
+
 def _run(out: str | Path, fast: bool, progress: bool) -> Path:
     """The stages of `run_demo`, each timed in the report."""
     from nnshift.report import Report
@@ -127,8 +136,8 @@ def _capture_stage(rep: Report, n_cap: int) -> tuple[Any, Any, Activations, Acti
     colors = zoo.load("shapes-colors")
     samples = zoo.dataset(n_cap, style="generic", task="caption", seed=101)
     toi = ns.positions.token_of_interest("circle")
-    acts_a = ns.capture(base, samples, layer=-1, at=toi, max_new_tokens=24, progress=False)
-    acts_b = ns.capture(colors, acts_a.samples, layer=-1, at=toi, max_new_tokens=24, progress=False)
+    acts_a = _capture1(base, samples, layer=-1, at=toi, max_new_tokens=24, progress=False)
+    acts_b = _capture1(colors, acts_a.samples or [], layer=-1, at=toi, max_new_tokens=24, progress=False)
     acts_a, acts_b = ns.pair(acts_a, acts_b)
     sec = rep.section(
         "Capture",
@@ -264,14 +273,14 @@ def _steer_vqa(base: Any, n_vqa: int, n_eval: int) -> _VQASteering:
     number = zoo.dataset(n_vqa, task="vqa", answer_type="number", seed=202)
     evalset = zoo.dataset(n_eval, task="vqa", seed=203)
     before = ns.generate(base, evalset, **q)
-    acts = ns.capture(base, yesno + number, layer=last, at="last_prompt", progress=False)
+    acts = _capture1(base, yesno + number, layer=last, at="last_prompt", progress=False)
     vec = ns.steering.answer_type_vector(acts, "yes/no", "number", by="reference")
     after = ns.steer(base, evalset, vec.patch(alpha=ALPHA_TYPE), **q)
     coarse = compare_vqa(before, after, evalset, touched=["yes/no", "number"])
     idx = [i for i, s in enumerate(evalset) if s.meta.get("answer_type") == "yes/no"]
     share = [sum(answer_type(a[i]) == "number" for i in idx) / max(1, len(idx)) for a in (before, after)]
 
-    yn_acts = ns.capture(base, yesno, layer=last, at="last_prompt", progress=False)
+    yn_acts = _capture1(base, yesno, layer=last, at="last_prompt", progress=False)
     yn_acts.answers = ns.generate(base, yesno, **q)
     vec_no = ns.steering.target_answer(yn_acts, "yes", "no")
     after_no = ns.steer(base, evalset, vec_no.patch(alpha=ALPHA_NO), **q)
@@ -300,9 +309,9 @@ def _steer_captions(base: Any, colors: Any, n_vqa: int, n_eval: int) -> _Caption
     caps = zoo.dataset(n_vqa, style="generic", task="caption", seed=204)
     cap_eval = zoo.dataset(max(30, n_eval // 3), style="generic", task="caption", seed=205)
     c: dict[str, Any] = {"max_new_tokens": 24, "progress": False}
-    source = ns.capture(base, caps, layer=layer, at=ns.positions.generated(reduce="mean"), **c)
+    source = _capture1(base, caps, layer=layer, at=ns.positions.generated(reduce="mean"), **c)
     # target: the colour fine-tune's states where it says a colour word (greedy shapes-base rarely does)
-    target = ns.capture(colors, caps, layer=layer, at=ns.positions.token_of_interest(list(zoo.COLORS)), **c)
+    target = _capture1(colors, caps, layer=layer, at=ns.positions.token_of_interest(list(zoo.COLORS)), **c)
     styles = {"colors": zoo.COLORS, "places": zoo.BACKGROUNDS}
     cap_before = ns.generate(base, cap_eval, **c)
     vec = ns.steering.coarse(source, target, layer=layer)

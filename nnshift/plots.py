@@ -78,8 +78,7 @@ def _thumb(item: Any, size: int) -> np.ndarray:
         return np.ones((size, size, 3))
     if not isinstance(item, Image.Image):
         raise ImageReadError(f"cannot show an image of type {type(item).__name__}", "pass PIL images, paths or arrays")
-    im = item.convert("RGB").resize((size, size))
-    return np.asarray(im, dtype=np.float64) / 255.0
+    return np.asarray(item.convert("RGB").resize((size, size)), dtype=np.float64) / 255.0
 
 
 def _strip(images: ImageSource, rows: Sequence[int], size: int, gap: int = 2) -> np.ndarray:
