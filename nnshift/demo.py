@@ -36,10 +36,11 @@ def _circle_colour(meta: dict[str, Any]) -> str | None:
     return None
 
 
-#: steering strengths of the demo (docs/steering.md measures the whole range on the shapes world); whether they
-#: are selective on this run is computed from the run's own accuracies (`nnshift.report.untouched_finding`)
-ALPHA_TYPE = 1.5
-ALPHA_NO = 0.3
+#: strengths the demo sweeps for its two VQA steerings (docs/steering.md measures the whole range on the shapes
+#: world); it keeps the strongest one that is selective on this run (no untouched answer type moves by more than
+#: `nnshift.report.SELECTIVE_POINTS`), or else the weakest one, and says what it costs
+ALPHAS_TYPE: tuple[float, ...] = (1.0, 1.5, 2.0)
+ALPHAS_NO: tuple[float, ...] = (0.3, 0.5)
 ALPHA_CAPTION = 1.0
 
 
@@ -252,17 +253,50 @@ def _shift_stage(rep: Report, base: Any, acts_a: Activations, acts_b: Activation
 
 
 @dataclass
-class _VQASteering:
-    """The two VQA steerings of the demo and their comparisons with the unsteered answers."""
+class _Tried:
+    """One strength of a sweep: alpha, the steering's effect (a share) and the comparison with the unsteered run."""
 
-    coarse: VQAComparison
-    number_share: tuple[float, float]
-    to_no: VQAComparison
-    flipped: float
+    alpha: float
+    effect: float
+    comparison: VQAComparison
+
+    @property
+    def selective(self) -> bool:
+        """No untouched answer type's accuracy moved by more than `SELECTIVE_POINTS`."""
+        from nnshift.report import SELECTIVE_POINTS, max_untouched_move
+
+        return max_untouched_move(self.comparison.untouched_accuracy) <= SELECTIVE_POINTS
+
+
+def _choose(tried: list[_Tried]) -> _Tried:
+    """The strongest selective strength (largest effect, then smallest alpha), else the weakest strength tried."""
+    ok = [t for t in tried if t.selective]
+    if not ok:
+        return min(tried, key=lambda t: t.alpha)
+    return max(ok, key=lambda t: (t.effect, -t.alpha))
+
+
+@dataclass
+class _VQASteering:
+    """The two VQA steerings of the demo: every strength tried, and the chosen one of each."""
+
+    type_sweep: list[_Tried]
+    no_sweep: list[_Tried]
+    number_share_before: float
+
+    @property
+    def coarse(self) -> _Tried:
+        """The chosen yes/no -> number strength."""
+        return _choose(self.type_sweep)
+
+    @property
+    def to_no(self) -> _Tried:
+        """The chosen yes -> no strength."""
+        return _choose(self.no_sweep)
 
 
 def _steer_vqa(base: Any, n_vqa: int, n_eval: int) -> _VQASteering:
-    """Coarse yes/no -> number and target answer yes -> no at the last layer, on fresh questions of all types."""
+    """Coarse yes/no -> number and target answer yes -> no at the last layer, swept over strengths, on fresh questions."""
     import nnshift as ns
     from nnshift import zoo
     from nnshift.evaluate import answer_type, compare_vqa
@@ -273,20 +307,29 @@ def _steer_vqa(base: Any, n_vqa: int, n_eval: int) -> _VQASteering:
     number = zoo.dataset(n_vqa, task="vqa", answer_type="number", seed=202)
     evalset = zoo.dataset(n_eval, task="vqa", seed=203)
     before = ns.generate(base, evalset, **q)
+    idx = [i for i, s in enumerate(evalset) if s.meta.get("answer_type") == "yes/no"]
+
+    def number_share(answers: list[str]) -> float:
+        return sum(answer_type(answers[i]) == "number" for i in idx) / max(1, len(idx))
+
     acts = _capture1(base, yesno + number, layer=last, at="last_prompt", progress=False)
     vec = ns.steering.answer_type_vector(acts, "yes/no", "number", by="reference")
-    after = ns.steer(base, evalset, vec.patch(alpha=ALPHA_TYPE), **q)
-    coarse = compare_vqa(before, after, evalset, touched=["yes/no", "number"])
-    idx = [i for i, s in enumerate(evalset) if s.meta.get("answer_type") == "yes/no"]
-    share = [sum(answer_type(a[i]) == "number" for i in idx) / max(1, len(idx)) for a in (before, after)]
+    type_sweep = []
+    for a in ALPHAS_TYPE:
+        after = ns.steer(base, evalset, vec.patch(alpha=a), **q)
+        cmp = compare_vqa(before, after, evalset, touched=["yes/no", "number"])
+        type_sweep.append(_Tried(a, number_share(after), cmp))
 
     yn_acts = _capture1(base, yesno, layer=last, at="last_prompt", progress=False)
     yn_acts.answers = ns.generate(base, yesno, **q)
     vec_no = ns.steering.target_answer(yn_acts, "yes", "no")
-    after_no = ns.steer(base, evalset, vec_no.patch(alpha=ALPHA_NO), **q)
-    to_no = compare_vqa(before, after_no, evalset, source="yes", target="no")
-    flipped = to_no.turned / max(1, to_no.source_counts[0])
-    return _VQASteering(coarse=coarse, number_share=(share[0], share[1]), to_no=to_no, flipped=flipped)
+    no_sweep = []
+    for a in ALPHAS_NO:
+        cmp = compare_vqa(
+            before, ns.steer(base, evalset, vec_no.patch(alpha=a), **q), evalset, source="yes", target="no"
+        )
+        no_sweep.append(_Tried(a, cmp.turned / max(1, cmp.source_counts[0]), cmp))
+    return _VQASteering(type_sweep=type_sweep, no_sweep=no_sweep, number_share_before=number_share(before))
 
 
 @dataclass
@@ -330,26 +373,29 @@ def _steering_figure(vqa: _VQASteering, cap: _CaptionSteering) -> Any:
 
     def untouched(r: VQAComparison, title: str) -> BeforeAfter:
         u = r.untouched_accuracy
-        return BeforeAfter(
-            title, list(u), [d["before"] for d in u.values()], [d["after"] for d in u.values()], "accuracy"
-        )
+        before, after = [d["before"] for d in u.values()], [d["after"] for d in u.values()]
+        return BeforeAfter(title, list(u), before, after, "accuracy")
 
-    n = max(1, vqa.to_no.before.n)
+    coarse, to_no = vqa.coarse, vqa.to_no.comparison
+    n = max(1, to_no.before.n)
     rb, ra = cap.before.rates, cap.after.rates
     panels = [
         BeforeAfter(
-            "yes/no questions answered with a number", ["number"], [vqa.number_share[0]], [vqa.number_share[1]]
+            f"yes/no questions answered with a number (alpha {coarse.alpha:g})",
+            ["number"],
+            [vqa.number_share_before],
+            [coarse.effect],
         ),
-        untouched(vqa.coarse, "yes/no -> number: accuracy on the other types"),
+        untouched(coarse.comparison, "yes/no -> number: accuracy on the other types"),
         BeforeAfter(
-            "answers 'yes' / 'no' (all questions)",
+            f"answers 'yes' / 'no', all questions (yes -> no, alpha {vqa.to_no.alpha:g})",
             ["yes", "no"],
-            [vqa.to_no.source_counts[0] / n, vqa.to_no.target_counts[0] / n],
-            [vqa.to_no.source_counts[1] / n, vqa.to_no.target_counts[1] / n],
+            [to_no.source_counts[0] / n, to_no.target_counts[0] / n],
+            [to_no.source_counts[1] / n, to_no.target_counts[1] / n],
         ),
-        untouched(vqa.to_no, "yes -> no: accuracy on the other types"),
+        untouched(to_no, "yes -> no: accuracy on the other types"),
         BeforeAfter(
-            "captions naming a colour / a background",
+            f"captions naming a colour / a background (alpha {ALPHA_CAPTION:g})",
             ["colours", "places"],
             [rb.get("colors", 0.0), rb.get("places", 0.0)],
             [ra.get("colors", 0.0), ra.get("places", 0.0)],
@@ -358,36 +404,67 @@ def _steering_figure(vqa: _VQASteering, cap: _CaptionSteering) -> Any:
     return plot_before_after(panels, ncols=5)
 
 
+def _sweep_rows(name: str, effect: str, tried: list[_Tried]) -> list[dict[str, Any]]:
+    """One table row per strength tried: effect, accuracy moved on the untouched types, selective, chosen."""
+    chosen = _choose(tried)
+    return [
+        {"steering": name, "alpha": t.alpha, effect: f"{t.effect:.0%}"}
+        | {
+            "accuracy moved on untouched types (points)": ", ".join(
+                f"{k} {100 * d['delta']:+.1f}" for k, d in t.comparison.untouched_accuracy.items()
+            ),
+            "selective": "yes" if t.selective else "no",
+            "chosen": "yes" if t is chosen else "",
+        }
+        for t in tried
+    ]
+
+
+def _vqa_findings(vqa: _VQASteering) -> list[str]:
+    """The findings of the two VQA steerings, every claim computed from this run's numbers."""
+    from nnshift.report import SELECTIVE_POINTS, untouched_finding
+
+    def why(tried: list[_Tried]) -> str:
+        alphas = ", ".join(f"{t.alpha:g}" for t in tried)
+        if any(t.selective for t in tried):
+            return f"alpha {_choose(tried).alpha:g}, the strongest selective one of {{{alphas}}}"
+        return (
+            f"alpha {_choose(tried).alpha:g}, the weakest of {{{alphas}}}: none kept within {SELECTIVE_POINTS:g} points"
+        )
+
+    c, n = vqa.coarse, vqa.to_no
+    return [
+        f"yes/no -> number ({why(vqa.type_sweep)}): the share of number answers to yes/no questions goes from "
+        f"{vqa.number_share_before:.0%} to {c.effect:.0%}; {untouched_finding(c.comparison.untouched_accuracy)}.",
+        f"yes -> no ({why(vqa.no_sweep)}): {n.comparison.turned} of the {n.comparison.source_counts[0]} questions "
+        f"answered 'yes' ({n.effect:.0%}) are answered 'no' after steering; "
+        f"{untouched_finding(n.comparison.untouched_accuracy)}.",
+    ]
+
+
 def _steering_section(rep: Report, vqa: _VQASteering, cap: _CaptionSteering) -> None:
     """The steering section: findings computed from this run's numbers, tables, the before / after figure."""
-    from nnshift.report import untouched_finding
-
     sec = rep.section(
         "Steering shapes-base without training",
         "Coarse vector = mean(target states) - mean(source states) at the last prompt token of the last layer, "
-        f"added at every position and generation step (yes/no -> number: alpha = {ALPHA_TYPE:g}; yes -> no: "
-        f"alpha = {ALPHA_NO:g}). Caption style: from the mean generated-token state of shapes-base captions to the "
-        f"states where shapes-colors says a colour word, at layer {cap.layer} (alpha = {ALPHA_CAPTION:g}).",
+        "added at every position and generation step; each VQA steering is swept over a few strengths and the "
+        "strongest one that leaves the other answer types' accuracy within 2 points is shown. Caption style: from "
+        "the mean generated-token state of shapes-base captions to the states where shapes-colors says a colour "
+        f"word, at layer {cap.layer} (alpha = {ALPHA_CAPTION:g}).",
     )
-    share = vqa.number_share
-    sec.findings.append(
-        f"yes/no -> number: the share of number answers to yes/no questions goes from {share[0]:.0%} to "
-        f"{share[1]:.0%}; {untouched_finding(vqa.coarse.untouched_accuracy)}."
-    )
-    sec.findings.append(
-        f"yes -> no: {vqa.to_no.turned} of the {vqa.to_no.source_counts[0]} questions answered 'yes' "
-        f"({vqa.flipped:.0%}) are answered 'no' after steering; {untouched_finding(vqa.to_no.untouched_accuracy)}."
-    )
+    sec.findings += _vqa_findings(vqa)
     rb, ra = cap.before.rates, cap.after.rates
     sec.findings.append(
         f"caption style: captions naming a colour go from {rb.get('colors', 0):.0%} to {ra.get('colors', 0):.0%}, "
         f"naming a background from {rb.get('places', 0):.0%} to {ra.get('places', 0):.0%}."
     )
-    acc = [(r.before.accuracy_by_type, r.after.accuracy_by_type) for r in (vqa.coarse, vqa.to_no)]
+    sweep = _sweep_rows("yes/no -> number", "effect", vqa.type_sweep) + _sweep_rows("yes -> no", "effect", vqa.no_sweep)
+    sec.tables.append(("strengths tried (effect: number answers to yes/no questions; 'yes' turned to 'no')", sweep))
+    acc = [(t.comparison.before.accuracy_by_type, t.comparison.after.accuracy_by_type) for t in (vqa.coarse, vqa.to_no)]
     nan = float("nan")
     sec.tables.append(
         (
-            "VQA accuracy by answer type",
+            "VQA accuracy by answer type (the chosen strengths)",
             [
                 {"answer type": t, "unsteered": acc[0][0].get(t, nan)}
                 | {"yes/no -> number": acc[0][1].get(t, nan), "yes -> no": acc[1][1].get(t, nan)}
@@ -398,7 +475,19 @@ def _steering_section(rep: Report, vqa: _VQASteering, cap: _CaptionSteering) -> 
     sec.tables.append(("example captions", [{"unsteered": b, "steered": a} for b, a in cap.captions[:4]]))
     rep.figure(sec, _steering_figure(vqa, cap), "steering", "Steering effects, unsteered vs steered")
     rep.results["steering"] = {
-        "yesno_to_number": {"number_share_on_yesno": list(share), "report": vqa.coarse.to_dict()},
-        "yes_to_no": {"flipped_share": vqa.flipped, "report": vqa.to_no.to_dict()},
-        "caption_style": {"layer": cap.layer, "before": rb, "after": ra},
+        "yesno_to_number": _sweep_results(vqa.type_sweep) | {"number_share_before": vqa.number_share_before},
+        "yes_to_no": _sweep_results(vqa.no_sweep),
+        "caption_style": {"layer": cap.layer, "alpha": ALPHA_CAPTION, "before": rb, "after": ra},
+    }
+
+
+def _sweep_results(tried: list[_Tried]) -> dict[str, Any]:
+    """results.json entry of one sweep: the chosen alpha, its effect and comparison, and every strength tried."""
+    chosen = _choose(tried)
+    return {
+        "alpha": chosen.alpha,
+        "effect": chosen.effect,
+        "selective": chosen.selective,
+        "report": chosen.comparison.to_dict(),
+        "sweep": [{"alpha": t.alpha, "effect": t.effect, "selective": t.selective} for t in tried],
     }

@@ -12,7 +12,7 @@ from typing import Any
 
 from nnshift.store import atomic_write_bytes
 
-__all__ = ["Report", "SELECTIVE_POINTS", "Section", "untouched_finding"]
+__all__ = ["Report", "SELECTIVE_POINTS", "Section", "max_untouched_move", "untouched_finding"]
 
 #: a steering is called selective only when no untouched answer type's accuracy moves by more than this (points)
 SELECTIVE_POINTS = 2.0
@@ -41,6 +41,12 @@ def _cell(v: Any) -> str:
     return f"<td>{html.escape(str(v))}</td>"
 
 
+def max_untouched_move(untouched: Mapping[str, Mapping[str, float]]) -> float:
+    """The largest ``|delta|`` of accuracy over the untouched answer types, in points (NaN when none was measured)."""
+    deltas = [abs(100.0 * float(d["delta"])) for d in untouched.values() if not math.isnan(float(d["delta"]))]
+    return max(deltas) if deltas else float("nan")
+
+
 def untouched_finding(untouched: Mapping[str, Mapping[str, float]], tolerance: float = SELECTIVE_POINTS) -> str:
     """What a steering did to the answer types it was not aimed at, computed from its own accuracies.
 
@@ -53,6 +59,8 @@ def untouched_finding(untouched: Mapping[str, Mapping[str, float]], tolerance: f
         return "no untouched answer type was evaluated, so selectivity is not measured"
     moved = ", ".join(f"{t} {v:+.1f}" for t, v in deltas.items())
     worst = max(abs(v) for v in deltas.values())
+    if worst == 0.0:
+        return f"selective: accuracy on the untouched answer types did not move ({moved})"
     if worst <= tolerance:
         return f"selective: accuracy on the untouched answer types moved by at most {worst:.1f} points ({moved})"
     losses = [f"{-v:.1f} points on {t!r}" for t, v in deltas.items() if v < -tolerance]

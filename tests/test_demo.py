@@ -48,6 +48,12 @@ def test_demo_claims_are_computed_from_its_own_numbers(report_dir):
         finding = untouched_finding(untouched)
         assert html.escape(finding) in page
         assert finding.startswith("selective") == (worst <= 2.0)
+        # the strength shown is the strongest selective one of the sweep, or the weakest when none is selective
+        sweep = steering[key]["sweep"]
+        ok = [t for t in sweep if t["selective"]]
+        best = max(ok, key=lambda t: (t["effect"], -t["alpha"])) if ok else min(sweep, key=lambda t: t["alpha"])
+        assert steering[key]["alpha"] == best["alpha"] and steering[key]["selective"] == bool(ok)
+        assert len(sweep) >= 2
     assert "selective values measured" not in page
     assert steering["caption_style"]["layer"] == 1  # the layer docs/steering.md measures caption style at
     assert "steering.png" in page and (report_dir / "steering.png").stat().st_size > 10_000

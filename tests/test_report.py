@@ -27,7 +27,9 @@ def test_report_writes_html_figures_and_results(tmp_path):
 
 
 def test_untouched_finding_says_selective_only_within_two_points():
-    from nnshift.report import SELECTIVE_POINTS, untouched_finding
+    import pytest
+
+    from nnshift.report import SELECTIVE_POINTS, max_untouched_move, untouched_finding
 
     assert SELECTIVE_POINTS == 2.0
     ok = {"other": {"before": 0.993, "after": 0.985, "delta": 0.985 - 0.993}, "number": {"delta": 0.0}}
@@ -40,3 +42,7 @@ def test_untouched_finding_says_selective_only_within_two_points():
     up = untouched_finding({"other": {"delta": 0.05}})
     assert up.startswith("not selective") and "5.0 points" in up
     assert "not measured" in untouched_finding({})
+    assert untouched_finding({"other": {"delta": 0.0}}) == (
+        "selective: accuracy on the untouched answer types did not move (other +0.0)"
+    )
+    assert max_untouched_move(bad) == pytest.approx(9.6)
