@@ -638,3 +638,43 @@ def test_docs_tables_are_well_formed():
         width = [len(r.replace("\\|", "").strip().strip("|").split("|")) for r in t]
         assert len(t) >= 3 and set(t[1].replace("|", "").strip()) <= {"-", ":"}, t[:2]
         assert len(set(width)) == 1, t[0]
+
+
+def test_custom_method_with_a_typed_config(tmp_path):
+    from dataclasses import dataclass
+
+    from nnshift.concepts import MethodConfig
+
+    @dataclass(frozen=True)
+    class ScaledRowsConfig(MethodConfig):
+        scale: float = 1.0
+
+        def __post_init__(self):
+            if self.scale <= 0:
+                raise ConceptError(f"scale must be positive, got {self.scale}", "pass scale=1.0")
+
+    class ScaledRows(ConceptMethod):
+        name = "scaled_rows_test"
+        config_class = ScaledRowsConfig
+
+        def fit(self, z, k, seed, params):
+            cfg = self.config(params)
+            assert isinstance(cfg, ScaledRowsConfig)
+            u = z[:k] * cfg.scale
+            return FitResult(concepts=u, codes=z @ u.t(), params=cfg.to_params())
+
+        def transform(self, concepts, z, params, state):
+            return z @ concepts.t()
+
+    assert ScaledRows.defaults == {"scale": 1.0}
+    nc.register_method(ScaledRows(), overwrite=True)
+    z = hidden_like(20, 5)
+    d = nc.fit(z, k=2, method="scaled_rows_test", scale=3.0)
+    assert d.params == {"scale": 3.0} and d.config == ScaledRowsConfig(scale=3.0)
+    assert torch.allclose(d.concepts, z[:2] * 3.0)
+    with pytest.raises(ConceptError, match="scale must be positive"):
+        nc.fit(z, k=2, method="scaled_rows_test", scale=-1.0)
+    with pytest.raises(ConceptError, match="no parameter"):
+        nc.fit(z, k=2, method="scaled_rows_test", sparsity=1.0)
+    d.save(tmp_path / "s")
+    assert ConceptDictionary.load(tmp_path / "s").config == ScaledRowsConfig(scale=3.0)
