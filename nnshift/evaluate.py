@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nnshift.answers import ANSWER_TYPES, answer_type, normalize_answer
 from nnshift.cider import CiderResult, cider_d
 from nnshift.data import Sample
 from nnshift.errors import DataFormatError, EmptyInputError
@@ -24,10 +25,12 @@ from nnshift.errors import DataFormatError, EmptyInputError
 __all__ = [
     "ANSWER_TYPES",
     "STYLE_KEYWORDS",
+    "CaptionComparison",
     "CaptionReport",
     "CaptionSteeringReport",
     "CiderResult",
     "SteeringReport",
+    "VQAComparison",
     "VQAReport",
     "answer_counts",
     "answer_type",
@@ -42,100 +45,6 @@ __all__ = [
     "normalize_answer",
     "vqa_accuracy",
 ]
-
-#: VQAv2's three answer types
-ANSWER_TYPES: tuple[str, ...] = ("yes/no", "number", "other")
-
-# ---------------------------------------------------------------------------- normalisation
-
-_NUMBER_WORDS = {
-    "none": "0",
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
-_ARTICLES = frozenset({"a", "an", "the"})
-# apostrophe-less spellings restored to the form annotators mostly typed
-_CONTRACTIONS = {
-    "arent": "aren't",
-    "cant": "can't",
-    "couldnt": "couldn't",
-    "didnt": "didn't",
-    "doesnt": "doesn't",
-    "dont": "don't",
-    "hadnt": "hadn't",
-    "hasnt": "hasn't",
-    "havent": "haven't",
-    "hes": "he's",
-    "im": "i'm",
-    "isnt": "isn't",
-    "ive": "i've",
-    "shes": "she's",
-    "shouldnt": "shouldn't",
-    "thats": "that's",
-    "theres": "there's",
-    "theyre": "they're",
-    "wasnt": "wasn't",
-    "werent": "weren't",
-    "whats": "what's",
-    "wont": "won't",
-    "wouldnt": "wouldn't",
-    "youre": "you're",
-}
-_PUNCT = ';/[]"{}()=+\\_-><@`,?!:*#%&^$~|'
-_DIGIT_COMMA = re.compile(r"(\d)(,)(\d)")
-_LONE_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
-
-
-def normalize_answer(text: str) -> str:
-    """EvalAI-style answer normalisation: ``"Two dogs."`` -> ``"2 dogs"``, ``"Yes!"`` -> ``"yes"``.
-
-    Punctuation next to a space (or anywhere, when the answer holds a digit-comma-digit group) is deleted,
-    elsewhere it splits words; periods are kept only inside numbers; words are lower-cased, number words up to
-    ten become digits, articles are dropped and apostrophe-less contractions are restored.
-    """
-    s = str(text).replace("\n", " ").replace("\t", " ").strip()
-    glued = bool(_DIGIT_COMMA.search(s))
-    for p in _PUNCT:
-        if p not in s:
-            continue
-        s = s.replace(p, "") if (glued or f"{p} " in s or f" {p}" in s) else s.replace(p, " ")
-    s = _LONE_PERIOD.sub("", s)
-    words = []
-    for w in s.lower().split():
-        w = _NUMBER_WORDS.get(w, w)
-        if w in _ARTICLES:
-            continue
-        words.append(_CONTRACTIONS.get(w, w))
-    return " ".join(words)
-
-
-_NUMBER = re.compile(r"^\d+(\.\d+)?$")
-
-
-def answer_type(answer: str, types: Mapping[str, str] | None = None) -> str:
-    """The answer type of one answer: ``"yes/no"``, ``"number"`` or ``"other"`` (after normalisation).
-
-    ``types`` maps normalised answers to a type and wins when it knows the answer (like the reference's
-    answer -> type dictionary); otherwise "yes"/"no" are yes/no, a numeral (digits, number words up to ten)
-    is a number, and anything else (including an empty answer) is "other".
-    """
-    a = normalize_answer(answer)
-    if types is not None and a in types:
-        return types[a]
-    if a in ("yes", "no"):
-        return "yes/no"
-    if _NUMBER.match(a):
-        return "number"
-    return "other"
 
 
 def vqa_accuracy(prediction: str, references: Sequence[str], official: bool = True) -> float:
@@ -265,8 +174,8 @@ def evaluate_vqa(
 
 
 @dataclass
-class SteeringReport:
-    """Steered vs unsteered VQA answers on the same samples.
+class VQAComparison:
+    """Steered vs unsteered VQA answers on the same samples (`compare_vqa`; formerly ``SteeringReport``).
 
     ``source_counts`` / ``target_counts`` are ``(before, after)`` counts of answers equal (after normalisation)
     to one of the source / target answers; ``untouched_accuracy`` maps each answer type that the steering is
@@ -317,7 +226,7 @@ def compare_vqa(
     touched: str | Sequence[str] | None = None,
     official: bool = True,
     types: Mapping[str, str] | None = None,
-) -> SteeringReport:
+) -> VQAComparison:
     """Compare unsteered (``before``) and steered (``after``) answers of the same samples.
 
     ``source`` / ``target``: the answer(s) steered from / to (e.g. "yes" -> "no"), counted before and after.
@@ -339,7 +248,7 @@ def compare_vqa(
         if t not in touched_types
     }
     types_all = list(dict.fromkeys([*rb.predicted_type_rates, *ra.predicted_type_rates]))
-    return SteeringReport(
+    return VQAComparison(
         before=rb,
         after=ra,
         source=src,
@@ -501,9 +410,12 @@ def caption_report(
 
 
 @dataclass
-class CaptionSteeringReport:
-    """Steered vs unsteered captions: style rates before and after, how many captions changed, and (when
-    references were given) the CIDEr-D of each run against them."""
+class CaptionComparison:
+    """Steered vs unsteered captions (`compare_captions`; formerly ``CaptionSteeringReport``).
+
+    Style rates before and after, how many captions changed, and (when references were given) the CIDEr-D of
+    each run against them.
+    """
 
     before: CaptionReport
     after: CaptionReport
@@ -525,7 +437,7 @@ def compare_captions(
     after: Sequence[str],
     styles: Mapping[str, Iterable[str]] | Sequence[str] | None = None,
     references: Sequence[Sequence[str]] | None = None,
-) -> CaptionSteeringReport:
+) -> CaptionComparison:
     """Caption style rates before and after steering, the number of changed captions, and with ``references``
     (one list of reference captions per caption) the CIDEr-D of both runs, ``(before, after)``."""
     _same_length(before, after, "caption lists")
@@ -533,9 +445,14 @@ def compare_captions(
     if references is not None:
         _same_length(before, references, "captions and reference lists")
         cider = (cider_d(before, references).score, cider_d(after, references).score)
-    return CaptionSteeringReport(
+    return CaptionComparison(
         before=caption_report(before, styles),
         after=caption_report(after, styles),
         changed=sum(a.strip() != b.strip() for a, b in zip(before, after, strict=True)),
         cider=cider,
     )
+
+
+#: former names, kept as aliases
+SteeringReport = VQAComparison
+CaptionSteeringReport = CaptionComparison

@@ -1,4 +1,4 @@
-"""Matplotlib figures for the shift analysis: concept grids, matching matrix, recovery, correlations, α sweeps.
+"""Matplotlib figures: concept grids, matching matrix, recovery, correlations, α sweeps, steering before / after.
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot (no global figure state, no GUI backend,
 nothing shown): display it in a notebook, or ``fig.savefig("out.png")``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +18,15 @@ from jaxtyping import Int
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from nnshift.errors import ConceptError, ImageReadError
+from nnshift.errors import ConceptError, DataFormatError, EmptyInputError, ImageReadError
 
 if TYPE_CHECKING:
     from nnshift.shift import AlphaSweep, ShiftReport
 
 __all__ = [
+    "BeforeAfter",
     "plot_alpha_sweep",
+    "plot_before_after",
     "plot_concept_comparison",
     "plot_concept_grid",
     "plot_dynamics",
@@ -75,8 +78,7 @@ def _thumb(item: Any, size: int) -> np.ndarray:
         return np.ones((size, size, 3))
     if not isinstance(item, Image.Image):
         raise ImageReadError(f"cannot show an image of type {type(item).__name__}", "pass PIL images, paths or arrays")
-    im = item.convert("RGB").resize((size, size))
-    return np.asarray(im, dtype=np.float64) / 255.0
+    return np.asarray(item.convert("RGB").resize((size, size)), dtype=np.float64) / 255.0
 
 
 def _strip(images: ImageSource, rows: Sequence[int], size: int, gap: int = 2) -> np.ndarray:
@@ -401,4 +403,50 @@ def plot_alpha_sweep(sweep: AlphaSweep, title: str | None = None) -> Figure:
             ax.axvline(1.0, color="0.7", lw=0.8, ls="--")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# steering
+
+
+@dataclass(frozen=True)
+class BeforeAfter:
+    """One panel of `plot_before_after`: a value per label, unsteered and steered."""
+
+    title: str
+    labels: Sequence[str]
+    before: Sequence[float]
+    after: Sequence[float]
+    ylabel: str = "share"
+
+
+def plot_before_after(panels: Sequence[BeforeAfter], ncols: int | None = None) -> Figure:
+    """Grouped bars, unsteered vs steered, one panel per `BeforeAfter` (values written on the bars)."""
+    if not panels:
+        raise EmptyInputError("no panels to plot", "pass at least one BeforeAfter")
+    for p in panels:
+        if not (len(p.labels) == len(p.before) == len(p.after)) or not p.labels:
+            raise DataFormatError(
+                f"panel {p.title!r} has {len(p.labels)} labels, {len(p.before)} before and {len(p.after)} after values",
+                "give one before and one after value per label",
+            )
+    ncols = ncols or len(panels)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(3.3 * ncols, 3.1 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, p in zip(axes, panels, strict=False):
+        x = np.arange(len(p.labels))
+        for off, vals, name, color in ((-0.2, p.before, "unsteered", "#8e8e93"), (0.2, p.after, "steered", "#0a84ff")):
+            bars = ax.bar(x + off, vals, 0.4, label=name, color=color)
+            ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], fontsize=7, padding=1)
+        ax.set_xticks(x, list(p.labels), rotation=15, fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(p.title, 34)), fontsize=9)
+        ax.set_ylabel(p.ylabel)
+        top = max([*p.before, *p.after, 1e-9])
+        ax.set_ylim(0, max(1.0, top) * 1.15 if top <= 1.0 else top * 1.15)
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside upper center", ncols=2, fontsize=8, frameon=False)
     return fig

@@ -5,13 +5,17 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nnshift.store import atomic_write_bytes
 
-__all__ = ["Report", "Section"]
+__all__ = ["Report", "SELECTIVE_POINTS", "Section", "max_untouched_move", "untouched_finding"]
+
+#: a steering is called selective only when no untouched answer type's accuracy moves by more than this (points)
+SELECTIVE_POINTS = 2.0
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -35,6 +39,33 @@ def _cell(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return f"<td>{html.escape(', '.join(str(x) for x in v))}</td>"
     return f"<td>{html.escape(str(v))}</td>"
+
+
+def max_untouched_move(untouched: Mapping[str, Mapping[str, float]]) -> float:
+    """The largest ``|delta|`` of accuracy over the untouched answer types, in points (NaN when none was measured)."""
+    deltas = [abs(100.0 * float(d["delta"])) for d in untouched.values() if not math.isnan(float(d["delta"]))]
+    return max(deltas) if deltas else float("nan")
+
+
+def untouched_finding(untouched: Mapping[str, Mapping[str, float]], tolerance: float = SELECTIVE_POINTS) -> str:
+    """What a steering did to the answer types it was not aimed at, computed from its own accuracies.
+
+    ``untouched`` maps an answer type to ``{"before", "after", "delta"}`` accuracies in [0, 1] (as in
+    `nnshift.evaluate.VQAComparison.untouched_accuracy`). "selective" is said only when every ``|delta|`` is at most
+    ``tolerance`` points; otherwise the measured losses are stated.
+    """
+    deltas = {t: 100.0 * float(d["delta"]) for t, d in untouched.items() if not math.isnan(float(d["delta"]))}
+    if not deltas:
+        return "no untouched answer type was evaluated, so selectivity is not measured"
+    moved = ", ".join(f"{t} {v:+.1f}" for t, v in deltas.items())
+    worst = max(abs(v) for v in deltas.values())
+    if worst == 0.0:
+        return f"selective: accuracy on the untouched answer types did not move ({moved})"
+    if worst <= tolerance:
+        return f"selective: accuracy on the untouched answer types moved by at most {worst:.1f} points ({moved})"
+    losses = [f"{-v:.1f} points on {t!r}" for t, v in deltas.items() if v < -tolerance]
+    cost = f"it costs {', '.join(losses)}" if losses else f"accuracy moved by up to {worst:.1f} points"
+    return f"not selective (more than {tolerance:g} points): {cost} ({moved})"
 
 
 @dataclass

@@ -480,3 +480,201 @@ def test_nonneg_lasso_kkt_property(m, k, lam, seed):
 def test_jaxtyping_checks_are_active():
     with pytest.raises(Exception, match=r"(?i)type|shape|dim"):
         S.sq_distances(torch.zeros(3, 4), torch.zeros(2, 5))
+
+
+# ----------------------------------------------------------------------------------- typed configs, saved files
+
+
+def test_configs_are_frozen_typed_and_validated():
+    import dataclasses
+
+    from nnshift.concepts.methods import (
+        KMeansConfig,
+        KMeansMethod,
+        NMFConfig,
+        PCAConfig,
+        SemiNMFConfig,
+        SparseSemiNMFConfig,
+    )
+
+    cfg = KMeansConfig(n_init=3)
+    assert (cfg.n_init, cfg.max_iter, cfg.activation) == (3, 300, "inverse_distance")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_init = 4  # type: ignore[misc]
+    assert SparseSemiNMFConfig().sparsity == 1.0 and SemiNMFConfig().sparsity == 0.0
+    assert KMeansMethod.defaults == {
+        "activation": "inverse_distance",
+        "init": "k-means++",
+        "n_init": 1,
+        "max_iter": 300,
+        "tol": 1e-4,
+    }
+    bad = [
+        (KMeansConfig, {"n_init": 0}, "n_init"),
+        (KMeansConfig, {"activation": "softmax"}, "activation"),
+        (KMeansConfig, {"init": "kmeans||"}, "init"),
+        (SemiNMFConfig, {"sparsity": -1.0}, "sparsity"),
+        (SemiNMFConfig, {"relative_sparsity": -0.1}, "relative_sparsity"),
+        (SemiNMFConfig, {"inner_sweeps": 0}, "inner_sweeps"),
+        (PCAConfig, {"n_iter": -1}, "n_iter"),
+        (NMFConfig, {"shift": "mean"}, "shift"),
+        (NMFConfig, {"tol": -1e-3}, "tol"),
+    ]
+    for cls, kw, word in bad:
+        with pytest.raises(ConceptError, match=word) as ei:
+            cls(**kw)
+        assert ei.value.hint, (cls, kw)
+    # wrong types: jaxtyping's hook in the tests, ConceptError without it
+    for cls, kw in [(SemiNMFConfig, {"extrapolate": "yes"}), (PCAConfig, {"n_iter": 1.5}), (NMFConfig, {"tol": True})]:
+        with pytest.raises((ConceptError, TypeCheckError)):
+            cls(**kw)
+
+
+def test_fit_params_become_the_config():
+    from nnshift.concepts.methods import KMeansConfig, SemiNMFConfig
+
+    z = hidden_like(60, 8, seed=22)
+    d = nc.fit(z, k=3, method="kmeans", seed=1, n_init=2, max_iter=50)
+    assert d.config == KMeansConfig(n_init=2, max_iter=50)
+    assert d.params == {"activation": "inverse_distance", "init": "k-means++", "n_init": 2, "max_iter": 50, "tol": 1e-4}
+    s = nc.fit(z, k=3, method="semi_nmf", relative_sparsity=0.1, max_iter=10)
+    assert isinstance(s.config, SemiNMFConfig) and s.config.sparsity == pytest.approx(s.params["sparsity"])
+    init = z[:3].clone()
+    t = nc.fit(z, k=3, method="kmeans", init=init)
+    assert t.params["init"] == "<tensor [3, 8]>" and t.config.init == "<tensor [3, 8]>"
+    assert torch.allclose(t.transform(z), t.codes, atol=1e-5)  # the record of a tensor init is a valid config
+    with pytest.raises(ConceptError, match="record of a tensor"):
+        nc.fit(z, k=3, method="kmeans", init="<tensor [3, 8]>")
+
+
+OLD_KMEANS_JSON = {
+    "format_version": 1,
+    "method": "kmeans",
+    "params": {"activation": "neg_distance", "init": "k-means++", "n_init": 1, "max_iter": 300, "tol": 0.0001},
+    "diagnostics": {"loss": [1.0], "reconstruction_error": 0.5},
+    "info": {"k": 2},
+}
+
+
+def _write_saved(path, doc, tensors):
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    (path / "concepts.json").write_text(json.dumps(doc))
+    save_file(tensors, str(path / "concepts.safetensors"))
+
+
+def test_load_a_file_written_before_typed_configs(tmp_path):
+    from nnshift.concepts.methods import KMeansConfig
+
+    u = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
+    _write_saved(tmp_path / "old", OLD_KMEANS_JSON, {"concepts": u, "codes": torch.zeros(5, 2)})
+    d = ConceptDictionary.load(tmp_path / "old")
+    assert d.config == KMeansConfig(activation="neg_distance")
+    z = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
+    # -distance to each centroid: an independent computation
+    assert torch.allclose(d.transform(z), torch.tensor([[0.0, -5.0], [-5.0, 0.0]]), atol=1e-5)
+    d.save(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "concepts.json").read_text())["params"] == OLD_KMEANS_JSON["params"]
+
+
+def test_load_checks_state_and_shapes(tmp_path):
+    pca = {**OLD_KMEANS_JSON, "method": "pca", "params": {"n_iter": 6}}
+    _write_saved(tmp_path / "pca", pca, {"concepts": torch.eye(3)[:2]})
+    with pytest.raises(CorruptStoreError, match=r"needs its state \['mean'\]") as ei:
+        ConceptDictionary.load(tmp_path / "pca")
+    assert "state.mean" in ei.value.hint
+    given = {**pca, "diagnostics": {"fitted": False}}  # from_concepts without mean: still loads
+    _write_saved(tmp_path / "given", given, {"concepts": torch.eye(3)[:2]})
+    assert ConceptDictionary.load(tmp_path / "given").k == 2
+    _write_saved(tmp_path / "codes", OLD_KMEANS_JSON, {"concepts": torch.eye(3)[:2], "codes": torch.zeros(5, 3)})
+    with pytest.raises(CorruptStoreError, match=r"codes have shape \(5, 3\) but there are K = 2"):
+        ConceptDictionary.load(tmp_path / "codes")
+    nmf = {**OLD_KMEANS_JSON, "method": "nmf", "params": {"shift": "min", "max_iter": 5, "tol": 0.0}}
+    _write_saved(tmp_path / "nmf", nmf, {"concepts": torch.eye(3)[:2], "state.offset": torch.zeros(4)})
+    with pytest.raises(CorruptStoreError, match="hidden size D = 3"):
+        ConceptDictionary.load(tmp_path / "nmf")
+    badp = {**OLD_KMEANS_JSON, "params": {"activation": "softmax"}}
+    _write_saved(tmp_path / "badp", badp, {"concepts": torch.eye(3)[:2]})
+    with pytest.raises(CorruptStoreError, match="activation"):
+        ConceptDictionary.load(tmp_path / "badp")
+    with pytest.raises((ConceptError, TypeCheckError)):
+        ConceptDictionary(concepts=torch.eye(3)[:2], method="kmeans", codes=torch.zeros(4, 1))
+
+
+def test_old_import_paths_still_work():
+    from nnshift.concepts.methods import (  # noqa: F401
+        ConceptMethod,
+        FitResult,
+        KMeansMethod,
+        NMFMethod,
+        PCAMethod,
+        SemiNMFMethod,
+        SparseSemiNMFMethod,
+        available_methods,
+        get_method,
+        register_method,
+    )
+
+    assert isinstance(get_method("sparse_semi_nmf"), SemiNMFMethod)
+    assert set(METHODS) <= set(available_methods())
+
+
+def test_docs_tables_are_well_formed():
+    """Every markdown table of docs/concepts.md has a header, a separator and rows of the same width."""
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[1] / "docs" / "concepts.md").read_text().splitlines()
+    tables: list[list[str]] = []
+    in_code = False
+    for i, line in enumerate(lines):
+        in_code ^= line.startswith("```")
+        if not in_code and line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|")):
+            tables.append([])
+        if not in_code and line.startswith("|"):
+            tables[-1].append(line)
+    assert len(tables) >= 4
+    for t in tables:
+        width = [len(r.replace("\\|", "").strip().strip("|").split("|")) for r in t]
+        assert len(t) >= 3 and set(t[1].replace("|", "").strip()) <= {"-", ":"}, t[:2]
+        assert len(set(width)) == 1, t[0]
+
+
+def test_custom_method_with_a_typed_config(tmp_path):
+    from dataclasses import dataclass
+
+    from nnshift.concepts import MethodConfig
+
+    @dataclass(frozen=True)
+    class ScaledRowsConfig(MethodConfig):
+        scale: float = 1.0
+
+        def __post_init__(self):
+            if self.scale <= 0:
+                raise ConceptError(f"scale must be positive, got {self.scale}", "pass scale=1.0")
+
+    class ScaledRows(ConceptMethod):
+        name = "scaled_rows_test"
+        config_class = ScaledRowsConfig
+
+        def fit(self, z, k, seed, params):
+            cfg = self.config(params)
+            assert isinstance(cfg, ScaledRowsConfig)
+            u = z[:k] * cfg.scale
+            return FitResult(concepts=u, codes=z @ u.t(), params=cfg.to_params())
+
+        def transform(self, concepts, z, params, state):
+            return z @ concepts.t()
+
+    assert ScaledRows.defaults == {"scale": 1.0}
+    nc.register_method(ScaledRows(), overwrite=True)
+    z = hidden_like(20, 5)
+    d = nc.fit(z, k=2, method="scaled_rows_test", scale=3.0)
+    assert d.params == {"scale": 3.0} and d.config == ScaledRowsConfig(scale=3.0)
+    assert torch.allclose(d.concepts, z[:2] * 3.0)
+    with pytest.raises(ConceptError, match="scale must be positive"):
+        nc.fit(z, k=2, method="scaled_rows_test", scale=-1.0)
+    with pytest.raises(ConceptError, match="no parameter"):
+        nc.fit(z, k=2, method="scaled_rows_test", sparsity=1.0)
+    d.save(tmp_path / "s")
+    assert ConceptDictionary.load(tmp_path / "s").config == ScaledRowsConfig(scale=3.0)

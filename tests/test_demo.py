@@ -34,6 +34,31 @@ def test_demo_writes_report_and_results(report_dir):
         assert p.name in page
 
 
+def test_demo_claims_are_computed_from_its_own_numbers(report_dir):
+    import html
+
+    from nnshift.report import untouched_finding
+
+    page = (report_dir / "index.html").read_text()
+    steering = json.loads((report_dir / "results.json").read_text())["steering"]
+    for key in ("yesno_to_number", "yes_to_no"):
+        untouched = steering[key]["report"]["untouched_accuracy"]
+        assert untouched, key
+        worst = max(abs(d["delta"]) for d in untouched.values()) * 100
+        finding = untouched_finding(untouched)
+        assert html.escape(finding) in page
+        assert finding.startswith("selective") == (worst <= 2.0)
+        # the strength shown is the strongest selective one of the sweep, or the weakest when none is selective
+        sweep = steering[key]["sweep"]
+        ok = [t for t in sweep if t["selective"]]
+        best = max(ok, key=lambda t: (t["effect"], -t["alpha"])) if ok else min(sweep, key=lambda t: t["alpha"])
+        assert steering[key]["alpha"] == best["alpha"] and steering[key]["selective"] == bool(ok)
+        assert len(sweep) >= 2
+    assert "selective values measured" not in page
+    assert steering["caption_style"]["layer"] == 1  # the layer docs/steering.md measures caption style at
+    assert "steering.png" in page and (report_dir / "steering.png").stat().st_size > 10_000
+
+
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

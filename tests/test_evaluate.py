@@ -2,6 +2,7 @@
 
 import json
 from itertools import combinations
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -172,3 +173,43 @@ def test_caption_styles():
         caption_style_rates(caps, ["fonts"])
     with pytest.raises(EmptyInputError):
         caption_style_rates([])
+
+
+def test_answer_rules_live_in_the_low_module_and_are_reexported():
+    import nnshift.answers as answers
+    import nnshift.evaluate as ev
+
+    assert ev.normalize_answer is answers.normalize_answer and ev.answer_type is answers.answer_type
+    assert ev.ANSWER_TYPES == answers.ANSWER_TYPES == ("yes/no", "number", "other")
+    assert answers.normalize_answer("  Two dogs!\n") == "2 dogs" and answers.answer_type("Three.") == "number"
+    # the low module imports nothing of nnshift's evaluation (steering may import it)
+    src = Path(answers.__file__).read_text()
+    assert "import nnshift" not in src and "from nnshift" not in src
+    vec = Path(ns.steering.vectors.__file__).read_text()
+    assert "from nnshift.answers import" in vec and "from nnshift.evaluate import" not in vec
+
+
+def test_comparison_names_and_former_aliases():
+    import nnshift.evaluate as ev
+
+    samples = [ns.Sample(f"s{i}", "q?", answers=["yes"], meta={"answer_type": "yes/no"}) for i in range(2)]
+    rep = ev.compare_vqa(["yes", "yes"], ["no", "yes"], samples, source="yes", target="no")
+    assert type(rep) is ev.VQAComparison and ev.SteeringReport is ev.VQAComparison
+    assert rep.turned == 1 and rep.changed == 1
+    cap = ev.compare_captions(["a red circle"], ["a circle"], styles=["colors"])
+    assert type(cap) is ev.CaptionComparison and ev.CaptionSteeringReport is ev.CaptionComparison
+    assert cap.before.rates["colors"] == 1.0 and cap.after.rates["colors"] == 0.0
+
+
+def test_zoo_evaluate_names_do_not_shadow_nnshift_evaluate():
+    import warnings
+
+    import nnshift.zoo.evaluate as zev
+
+    for old in ("normalize_answer", "generate", "vqa_accuracy"):
+        assert old not in zev.__all__
+    assert zev.normalize_zoo_answer("Two, dogs!") == "two dogs"  # the zoo's rule: words only, no number mapping
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert zev.vqa_accuracy is zev.zoo_vqa_accuracy
+    assert any(issubclass(x.category, DeprecationWarning) for x in w)

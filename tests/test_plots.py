@@ -181,3 +181,26 @@ def test_concept_grid_generic_and_dynamics(world):
     heights = [p.get_height() for p in dyn.axes[0].patches]
     assert heights == [rep.dynamics.count(n) for n in ("refined", "changed", "vanished")] + [rep.new.numel()]
     _png(dyn)
+
+
+def test_before_after_bars_show_both_runs():
+    import pytest
+
+    from nnshift.errors import DataFormatError, EmptyInputError
+    from nnshift.plots import BeforeAfter, plot_before_after
+
+    panels = [
+        BeforeAfter("effect", ["number"], [0.0], [0.92]),
+        BeforeAfter("untouched accuracy", ["other", "number"], [0.99, 1.0], [0.985, 1.0], "accuracy"),
+    ]
+    fig = plot_before_after(panels, ncols=3)
+    axes = [ax for ax in fig.axes if ax.axison]
+    assert len(axes) == 2
+    heights = [round(p.get_height(), 3) for p in axes[1].patches]
+    assert heights == [0.99, 1.0, 0.985, 1.0]  # unsteered bars, then steered bars
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["unsteered", "steered"]
+    assert [t.get_text() for t in axes[1].get_xticklabels()] == ["other", "number"]
+    with pytest.raises(EmptyInputError):
+        plot_before_after([])
+    with pytest.raises(DataFormatError):
+        plot_before_after([BeforeAfter("x", ["a"], [0.1, 0.2], [0.3])])

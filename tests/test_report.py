@@ -24,3 +24,25 @@ def test_report_writes_html_figures_and_results(tmp_path):
     assert (tmp_path / "rep" / "concepts.png").stat().st_size > 1000
     res = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert res["purity"] == [0.95] and res["timings_s"]["capture"] == 1.25
+
+
+def test_untouched_finding_says_selective_only_within_two_points():
+    import pytest
+
+    from nnshift.report import SELECTIVE_POINTS, max_untouched_move, untouched_finding
+
+    assert SELECTIVE_POINTS == 2.0
+    ok = {"other": {"before": 0.993, "after": 0.985, "delta": 0.985 - 0.993}, "number": {"delta": 0.0}}
+    text = untouched_finding(ok)
+    assert text.startswith("selective") and "0.8 points" in text and "other -0.8" in text
+    # the demo report's case: "other" loses 9.6 points -> not selective, and the cost is stated
+    bad = {"other": {"delta": -0.096}, "number": {"delta": 0.004}}
+    text = untouched_finding(bad)
+    assert text.startswith("not selective") and "9.6 points on 'other'" in text and "selective:" not in text
+    up = untouched_finding({"other": {"delta": 0.05}})
+    assert up.startswith("not selective") and "5.0 points" in up
+    assert "not measured" in untouched_finding({})
+    assert untouched_finding({"other": {"delta": 0.0}}) == (
+        "selective: accuracy on the untouched answer types did not move (other +0.0)"
+    )
+    assert max_untouched_move(bad) == pytest.approx(9.6)

@@ -9,7 +9,7 @@ import torch
 import nnshift.zoo as zoo
 from nnshift.errors import ZooError
 from nnshift.zoo.build import NUM_IMAGE_TOKENS, build_processor, pixel_values
-from nnshift.zoo.evaluate import generate, vqa_correct
+from nnshift.zoo.evaluate import generate_answers, vqa_correct
 from nnshift.zoo.world import VOCABULARY, dataset
 
 
@@ -87,7 +87,7 @@ def test_tokenizer_covers_the_world_and_decodes_cleanly(base):
 def test_base_answers_vqa_and_stops_with_eos(base):
     model, proc = base
     samples = dataset(24, task="vqa", seed=4242)
-    out = generate(model, proc, samples, max_new_tokens=6)
+    out = generate_answers(model, proc, samples, max_new_tokens=6)
     assert sum(vqa_correct(s, o) for s, o in zip(samples, out, strict=True)) >= 21
     assert all(len(o.split()) == 1 for o in out)  # one word then eos
 
@@ -96,15 +96,15 @@ def test_text_only_prompt_generates(base):
     model, proc = base
     from nnshift.data import Sample
 
-    out = generate(model, proc, [Sample("t", "how many shapes are there?")], max_new_tokens=5)
+    out = generate_answers(model, proc, [Sample("t", "how many shapes are there?")], max_new_tokens=5)
     assert isinstance(out[0], str)
 
 
 def test_adapters_change_the_caption_style(base):
     samples = dataset(12, seed=31337)
-    base_caps = generate(*base, samples)
-    colors = generate(*zoo.load_hf("shapes-colors"), samples)
-    places = generate(*zoo.load_hf("shapes-places"), samples)
+    base_caps = generate_answers(*base, samples)
+    colors = generate_answers(*zoo.load_hf("shapes-colors"), samples)
+    places = generate_answers(*zoo.load_hf("shapes-places"), samples)
     color_re = re.compile(r"\b(red|green|blue|yellow|purple|orange)\b")
     assert sum(bool(color_re.search(c)) for c in colors) > sum(bool(color_re.search(c)) for c in base_caps)
     assert sum(("grass" in c or "water" in c or "sky" in c or "sand" in c or "plain" in c) for c in places) >= 10

@@ -7,12 +7,12 @@ from nnshift.zoo import dataset, load_hf
 from nnshift.zoo.evaluate import (
     EVAL_SEED,
     caption_rates,
-    generate,
+    generate_answers,
     names_background,
     names_colors,
     names_every_shape,
     quality_report,
-    vqa_accuracy,
+    zoo_vqa_accuracy,
 )
 
 
@@ -35,7 +35,7 @@ def test_scoring_rules():
         Sample("b", "q", answers=["3"], meta={"answer_type": "number", "question_kind": "k2"}),
         Sample("c", "q", answers=["red"], meta={"answer_type": "other", "question_kind": "k3"}),
     ]
-    acc = vqa_accuracy(v, ["Yes.", "2", "red"])
+    acc = zoo_vqa_accuracy(v, ["Yes.", "2", "red"])
     assert acc == {
         "all": 2 / 3,
         "yes/no": 1.0,
@@ -66,6 +66,6 @@ def test_shipped_base_also_follows_the_reference_prompts():
 
     model, proc = load_hf("shapes-base")
     vqa = [dataclasses.replace(s, prompt=s.prompt + VQA_SUFFIX) for s in dataset(150, task="vqa", seed=EVAL_SEED + 1)]
-    assert vqa_accuracy(vqa, generate(model, proc, vqa))["all"] >= 0.85
+    assert zoo_vqa_accuracy(vqa, generate_answers(model, proc, vqa))["all"] >= 0.85
     caps = [dataclasses.replace(s, prompt=CAPTION_PROMPT) for s in dataset(100, seed=EVAL_SEED + 1)]
-    assert caption_rates(caps, generate(model, proc, caps))["names_every_shape"] >= 0.85
+    assert caption_rates(caps, generate_answers(model, proc, caps))["names_every_shape"] >= 0.85

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from nnshift import metrics
-from nnshift.concepts.methods import ConceptMethod, get_method
+from nnshift.concepts.methods import ConceptMethod, available_methods, get_method
 from nnshift.errors import ConceptError, CorruptStoreError, HiddenSizeMismatchError
 from nnshift.store import Activations, atomic_write_bytes
 
@@ -31,6 +31,29 @@ _JSON = "concepts.json"
 def matrix(x: Any, name: str = "activations") -> Float[Tensor, "m d"]:
     """``x`` (`Activations` or tensor) as a checked ``[M, D]`` tensor; `ConceptError` when it is not 2-D."""
     return metrics.matrix(x, name, promote=False)
+
+
+def check_parts(concepts: Tensor, codes: Tensor | None, state: dict[str, Tensor], method: str) -> None:
+    """`ConceptError` unless ``concepts`` is ``[K, D]``, ``codes`` ``[M, K]`` (or None), the method's state ``[D]``."""
+    if concepts.ndim != 2 or concepts.shape[0] == 0 or concepts.shape[1] == 0:
+        raise ConceptError(
+            f"concepts must be a non-empty [K, D] tensor, got shape {tuple(concepts.shape)}",
+            "pass one concept vector per row",
+        )
+    k, d = concepts.shape
+    if codes is not None and (codes.ndim != 2 or codes.shape[1] != k):
+        raise ConceptError(
+            f"codes have shape {tuple(codes.shape)} but there are K = {k} concepts",
+            "pass codes of shape [M, K] (one column per concept), or codes=None",
+        )
+    keys = get_method(method).state_keys if method in available_methods() else ()
+    for key, t in state.items():
+        if key in keys and (not isinstance(t, Tensor) or tuple(t.shape) != (d,)):
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ConceptError(
+                f"state {key!r} has shape {shape} but the concepts have hidden size D = {d}",
+                f"pass the [D] = [{d}] {key} vector of the data the concepts come from",
+            )
 
 
 @dataclass(eq=False)
@@ -52,11 +75,7 @@ class ConceptDictionary:
     codes: Float[Tensor, "m k"] | None = None
 
     def __post_init__(self) -> None:
-        if self.concepts.ndim != 2 or self.concepts.shape[0] == 0 or self.concepts.shape[1] == 0:
-            raise ConceptError(
-                f"concepts must be a non-empty [K, D] tensor, got shape {tuple(self.concepts.shape)}",
-                "pass one concept vector per row",
-            )
+        check_parts(self.concepts, self.codes, self.state, self.method)
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -82,8 +101,13 @@ class ConceptDictionary:
         err_s = f", reconstruction_error={err:.4g}" if isinstance(err, float) else ""
         return f"ConceptDictionary(method={self.method!r}, k={self.k}, dim={self.dim}{err_s})"
 
-    def _method(self) -> ConceptMethod:
+    def _method(self) -> ConceptMethod[Any]:
         return get_method(self.method)
+
+    @property
+    def config(self) -> Any:
+        """The method's typed config (e.g. `KMeansConfig`) built from ``params``; a dict for config-less methods."""
+        return self._method().config(self.params)
 
     def to(self, device: str | torch.device) -> ConceptDictionary:
         """A copy with every tensor on ``device``."""
@@ -117,13 +141,12 @@ class ConceptDictionary:
                         f"pass the {key} vector of the data the concepts come from",
                     )
                 state[key] = t.detach().to(device=u.device, dtype=torch.float32)
-        p = m.resolve_params(params)
-        m.check_concepts(u, p)
-        json_p = {k: (f"<tensor {list(v.shape)}>" if isinstance(v, Tensor) else v) for k, v in p.items()}
+        cfg = m.config(params)
+        m.check_concepts(u, cfg)
         return cls(
             concepts=u,
             method=method,
-            params=json_p,
+            params=m.params_of(cfg),
             diagnostics={"fitted": False},
             info={"source": "from_concepts"},
             state=state,
@@ -146,18 +169,19 @@ class ConceptDictionary:
         """Activations ``V`` (``[M, K]``) of the rows of ``acts`` on the concepts (method-specific)."""
         z = self._matrix(acts)
         u, state = self._on(z.device)
-        return self._method().transform(u, z, self.params, state)
+        return self._method().transform(u, z, self.config, state)
 
     def reconstruct(self, acts: Activations | Float[Tensor, "m d"]) -> Float[Tensor, "m d"]:
         """The rows of ``acts`` rebuilt from their activations (``V U``, + mean/offset; nearest centroid for k-means)."""
         z = self._matrix(acts)
         u, state = self._on(z.device)
         m = self._method()
-        return m.reconstruct(u, m.transform(u, z, self.params, state), self.params, state)
+        cfg = m.config(self.params)
+        return m.reconstruct(u, m.transform(u, z, cfg, state), cfg, state)
 
     def scores(self, acts: Activations | Float[Tensor, "m d"]) -> Float[Tensor, "m k"]:
         """How strongly each row expresses each concept: ``|v|`` (k-means: the similarity itself)."""
-        return self._method().scores(self.transform(acts), self.params)
+        return self._method().scores(self.transform(acts), self.config)
 
     def assign(self, acts: Activations | Float[Tensor, "m d"]) -> Int[Tensor, " m"]:
         """The concept of each row: ``argmax_i |v_i|`` (k-means: the most similar centroid)."""
@@ -221,12 +245,36 @@ class ConceptDictionary:
                 "upgrade nnshift",
             )
         state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
-        return cls(
-            concepts=concepts,
-            method=method,
-            params=doc.get("params", {}),
-            diagnostics=doc.get("diagnostics", {}),
-            info=doc.get("info", {}),
-            state=state,
-            codes=tensors.get("codes"),
-        )
+        try:
+            check_parts(concepts, tensors.get("codes"), state, method)
+            dico = cls(
+                concepts=concepts,
+                method=method,
+                params=doc.get("params", {}),
+                diagnostics=doc.get("diagnostics", {}),
+                info=doc.get("info", {}),
+                state=state,
+                codes=tensors.get("codes"),
+            )
+            dico._check_saved()
+        except ConceptError as exc:
+            raise CorruptStoreError(
+                f"the concept dictionary in {str(path)!r} is inconsistent: {exc.message}",
+                f"{exc.hint}; or fit and save the dictionary again",
+            ) from exc
+        return dico
+
+    def _check_saved(self) -> None:
+        """A loaded dictionary of a registered method: valid params and the state a fitted one needs."""
+        if self.method not in available_methods():
+            return  # a custom method: loads anywhere, transform needs it registered
+        m = self._method()
+        m.config(self.params)
+        if self.diagnostics.get("fitted", True) is False:
+            return  # given concepts (from_concepts): the state is optional
+        missing = [key for key in m.state_keys if key not in self.state]
+        if missing:
+            raise ConceptError(
+                f"a fitted {self.method!r} dictionary needs its state {missing}, which is not saved",
+                f"the file concepts.safetensors must hold {', '.join('state.' + k for k in missing)}",
+            )

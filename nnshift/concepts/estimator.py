@@ -63,10 +63,10 @@ def fit(
         )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConceptError(f"seed must be an integer, got {seed!r}", "pass e.g. seed=0")
-    p = m.resolve_params(dict(params))
+    cfg = m.config(dict(params))
     z32 = z.detach().to(torch.float32)
     t0 = time.perf_counter()
-    res = m.fit(z32, k, seed, p)
+    res = m.fit(z32, k, seed, cfg)
     seconds = time.perf_counter() - t0
     res.diagnostics.setdefault("seconds", seconds)
     return ConceptDictionary(
@@ -152,8 +152,7 @@ class ConceptEstimator:
         d = self._dico()
         was_np = isinstance(v, np.ndarray)
         vt = torch.as_tensor(v, dtype=torch.float32, device=d.concepts.device)
-        m = get_method(d.method)
-        out = m.reconstruct(d.concepts, vt, d.params, d.state)
+        out = get_method(d.method).reconstruct(d.concepts, vt, d.config, d.state)
         return out.cpu().numpy() if was_np else out
 
     def __repr__(self) -> str:

@@ -23,8 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor
 
+from nnshift.answers import answer_type, normalize_answer
 from nnshift.errors import CorruptStoreError, EmptyInputError, HiddenSizeMismatchError, NonFiniteError, SteeringError
-from nnshift.evaluate import answer_type, normalize_answer
 from nnshift.metrics import concept_matrix
 from nnshift.store import Activations, as_matrix, atomic_write_bytes
 

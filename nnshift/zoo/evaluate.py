@@ -1,4 +1,10 @@
-"""Held-out quality of the shapes models: greedy generation with plain HF ``generate`` and the world's scoring rules."""
+"""Held-out quality of the shapes models: greedy generation with plain HF ``generate`` and the world's scoring rules.
+
+These are the zoo's own, simpler rules (exact match of lower-case words), not `nnshift.evaluate`'s VQA scoring:
+`normalize_zoo_answer`, `generate_answers` (plain Hugging Face, no nnsight) and `zoo_vqa_accuracy` (per answer
+type and question kind) are named apart from `nnshift.evaluate.normalize_answer`, `nnshift.generate` and
+`nnshift.evaluate.vqa_accuracy`.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +22,13 @@ from nnshift.zoo.world import BACKGROUNDS, COLORS, SHAPES, dataset
 __all__ = [
     "EVAL_SEED",
     "words_of",
-    "normalize_answer",
-    "generate",
+    "normalize_zoo_answer",
+    "generate_answers",
     "vqa_correct",
     "names_every_shape",
     "names_colors",
     "names_background",
-    "vqa_accuracy",
+    "zoo_vqa_accuracy",
     "caption_rates",
     "quality_report",
 ]
@@ -35,12 +41,12 @@ def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
-def normalize_answer(text: str) -> str:
+def normalize_zoo_answer(text: str) -> str:
     """A VQA answer as compared with the reference: lower-case words joined by single spaces."""
     return " ".join(words_of(text))
 
 
-def generate(
+def generate_answers(
     model: Any, processor: Any, samples: Sequence[Sample], max_new_tokens: int = 40, batch_size: int = 100
 ) -> list[str]:
     """Greedy answers of a Hugging Face LLaVA-style model to samples (chat template, left padding, eos stops)."""
@@ -85,7 +91,7 @@ def generate(
 
 def vqa_correct(sample: Sample, output: str) -> bool:
     """The normalised output equals one of the sample's reference answers."""
-    return normalize_answer(output) in {normalize_answer(a) for a in sample.answers}
+    return normalize_zoo_answer(output) in {normalize_zoo_answer(a) for a in sample.answers}
 
 
 def names_every_shape(sample: Sample, output: str) -> bool:
@@ -113,7 +119,7 @@ def _rate(flags: Sequence[bool]) -> float:
     return float(sum(flags)) / len(flags) if flags else float("nan")
 
 
-def vqa_accuracy(samples: Sequence[Sample], outputs: Sequence[str]) -> dict[str, float]:
+def zoo_vqa_accuracy(samples: Sequence[Sample], outputs: Sequence[str]) -> dict[str, float]:
     """Exact-match accuracy per VQAv2 answer type and per question kind (keys ``kind:<name>``), and overall."""
     res: dict[str, list[bool]] = {}
     for s, o in zip(samples, outputs, strict=True):
@@ -148,9 +154,27 @@ def quality_report(n: int = 300, seed: int = EVAL_SEED, batch_size: int = 150) -
     caps = dataset(n, style="generic", task="caption", seed=seed)
     report: dict[str, dict[str, float]] = {}
     model, processor = load_hf("shapes-base")
-    report["shapes-base/vqa"] = vqa_accuracy(vqa, generate(model, processor, vqa, batch_size=batch_size))
-    report["shapes-base/caption"] = caption_rates(caps, generate(model, processor, caps, batch_size=batch_size))
+    report["shapes-base/vqa"] = zoo_vqa_accuracy(vqa, generate_answers(model, processor, vqa, batch_size=batch_size))
+    report["shapes-base/caption"] = caption_rates(caps, generate_answers(model, processor, caps, batch_size=batch_size))
     for name in ("shapes-colors", "shapes-places"):
         model, processor = load_hf(name, merged=True)
-        report[f"{name}/caption"] = caption_rates(caps, generate(model, processor, caps, batch_size=batch_size))
+        report[f"{name}/caption"] = caption_rates(caps, generate_answers(model, processor, caps, batch_size=batch_size))
     return report
+
+
+_FORMER_NAMES = {
+    "normalize_answer": "normalize_zoo_answer",
+    "generate": "generate_answers",
+    "vqa_accuracy": "zoo_vqa_accuracy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The former names (which shadowed `nnshift.evaluate`'s and `nnshift.generate`), with a DeprecationWarning."""
+    if name in _FORMER_NAMES:
+        import warnings
+
+        new = _FORMER_NAMES[name]
+        warnings.warn(f"nnshift.zoo.evaluate.{name} is now {new}", DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
