@@ -9,7 +9,7 @@ from nnshift.errors import NnshiftError
 from nnshift.generation import generate
 from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures
 from nnshift.steering import steer
-from nnshift.store import Activations, ActivationStore, load_activations, pair
+from nnshift.store import Activations, ActivationStore, load_activations, pair, repair_store, verify_store
 
 __all__ = [
     "VLM",
@@ -32,9 +32,11 @@ __all__ = [
     "plots",
     "positions",
     "register_adapter",
+    "repair_store",
     "shift",
     "steer",
     "steering",
     "supported_architectures",
+    "verify_store",
     "zoo",
 ]
