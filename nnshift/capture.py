@@ -55,7 +55,7 @@ def _layer_list(layer: Any) -> list[int]:
 
 
 def _check_args(
-    samples: Iterable[Sample], layer: Any, selector: Selector, reduce: Any, dtype: Any, sizes: dict[str, Any]
+    samples: Any, layer: Any, selector: Selector, reduce: Any, dtype: Any, sizes: dict[str, Any]
 ) -> list[Sample]:
     """Validate capture's arguments before any work; the samples as a list."""
     if isinstance(samples, (str, bytes, Sample)) or not isinstance(samples, Iterable):

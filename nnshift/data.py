@@ -95,7 +95,7 @@ def _read_json(path: str | Path, what: str) -> Any:
         raise DataFormatError(f"{what} file {str(path)!r} is not valid JSON: {exc}", "check the file") from exc
 
 
-def _check_limit(limit: int) -> int:
+def _check_limit(limit: Any) -> int:
     """``limit`` checked: an int >= 0 (0 means no samples)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise DataFormatError(
