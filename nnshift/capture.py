@@ -255,6 +255,41 @@ def _rows_from_forward(
             rows.add(vecs, f"{sample.id}#{p}", sample, "", {**sample.meta, "position": p})
 
 
+def _assemble(
+    vlm: Any,
+    samples: list[Sample],
+    layers: list[int],
+    key: dict[str, Any],
+    store: ActivationStore | None,
+    mem: list[tuple[dict[str, Tensor], list[str], list[str], list[dict[str, Any]]]],
+    skipped: list[str],
+) -> dict[int, Activations]:
+    """The per-layer `Activations` of a finished capture (from the store, or from the shards kept in memory)."""
+    if store is not None:
+        store.finish()
+        result = {layer: store.activations(layer) for layer in layers}
+    else:
+        result = {}
+        for layer in layers:
+            name = f"layer_{layer}"
+            tensor = torch.cat([m[0][name] for m in mem]) if mem else torch.zeros(0, vlm.hidden_size)
+            result[layer] = Activations(
+                tensor=tensor,
+                ids=[i for m in mem for i in m[1]],
+                answers=[a for m in mem for a in m[2]],
+                meta=[x for m in mem for x in m[3]],
+                info={**key, "layer": layer},
+                skipped=list(skipped),
+            )
+    by_id = {s.id: s for s in samples}
+    for acts in result.values():
+        acts.info["versions"] = provenance()
+        owners = [sample_id_of(i, by_id) for i in acts.ids]
+        acts.samples = [by_id[o] for o in owners] if all(o in by_id for o in owners) else None
+
+    return result
+
+
 def capture(
     vlm: Any,
     samples: Iterable[Sample],
@@ -369,28 +404,7 @@ def _capture_run(
     flush()
     bar.close()
 
-    if store is not None:
-        store.finish()
-        result = {layer: store.activations(layer) for layer in layers}
-    else:
-        result = {}
-        for layer in layers:
-            name = f"layer_{layer}"
-            tensor = torch.cat([m[0][name] for m in mem]) if mem else torch.zeros(0, vlm.hidden_size)
-            result[layer] = Activations(
-                tensor=tensor,
-                ids=[i for m in mem for i in m[1]],
-                answers=[a for m in mem for a in m[2]],
-                meta=[x for m in mem for x in m[3]],
-                info={**key, "layer": layer},
-                skipped=list(skipped),
-            )
-    by_id = {s.id: s for s in samples}
-    for acts in result.values():
-        acts.info["versions"] = provenance()
-        owners = [sample_id_of(i, by_id) for i in acts.ids]
-        acts.samples = [by_id[o] for o in owners] if all(o in by_id for o in owners) else None
-
+    result = _assemble(vlm, samples, layers, key, store, mem, skipped)
     first = result[layers[0]]
     if isinstance(selector, TokenOfInterest) and len(first) == 0:
         shown = "; ".join(repr(a) for a in examples) or "answers not shown: resumed from disk"

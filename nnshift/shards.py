@@ -274,6 +274,11 @@ def _refuse_foreign(path: Path) -> None:
     if (path / ActivationStore.MANIFEST).exists():
         return
     visible = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+    if any(v.startswith("shard-") for v in visible):
+        raise CorruptStoreError(
+            f"{str(path)!r} holds shards but no manifest.json: the store's manifest was lost",
+            "its rows cannot be identified any more: delete the folder and capture again",
+        )
     if visible:
         what = (
             "an Activations.save folder" if "activations.json" in visible else f"other files ({', '.join(visible[:5])})"
