@@ -94,6 +94,20 @@ def _check_args(
     return samples
 
 
+def _adapter_settings(adapter: Any) -> Any:
+    """The adapter's fields, stable across processes (functions by qualified name, notes left out)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(adapter):
+        return type(adapter).__name__
+    out = {}
+    for f in dataclasses.fields(adapter):
+        value = getattr(adapter, f.name)
+        if f.name != "notes":
+            out[f.name] = f"{value.__module__}.{value.__qualname__}" if callable(value) else value
+    return out
+
+
 def _processor_settings(vlm: Any) -> str:
     """SHA-256 of what turns a sample into input ids: chat template, tokenizer, image processor, adapter."""
     import hashlib
@@ -106,7 +120,7 @@ def _processor_settings(vlm: Any) -> str:
         "template": getattr(proc, "chat_template", None) or getattr(tok, "chat_template", None),
         "tokenizer": [type(tok).__name__, len(tok), getattr(tok, "bos_token", None), getattr(tok, "eos_token", None)],
         "image_processor": image_proc.to_dict() if hasattr(image_proc, "to_dict") else None,
-        "adapter": repr(getattr(vlm, "adapter", None)),
+        "adapter": _adapter_settings(getattr(vlm, "adapter", None)),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -305,3 +305,18 @@ def test_repair_then_resume_recaptures_exactly_the_missing_samples(vlm, samples,
     assert torch.equal(resumed.tensor[order], full.tensor)
     files = sorted(p.name for p in (tmp_path / "s").glob("shard-*"))
     assert files == [f"shard-0000{i}.safetensors" for i in (0, 2, 4, 5, 6)]
+
+
+def test_store_key_is_stable_across_processes(vlm, samples):
+    """The key holds no memory addresses (a custom adapter function is named), so a new process can resume."""
+    import dataclasses
+    import json
+
+    from nnshift.capture import _adapter_settings
+
+    def my_messages(prompt, has_image):
+        return []
+
+    custom = dataclasses.replace(vlm.adapter, build_messages=my_messages)
+    text = json.dumps(_adapter_settings(custom), default=str)
+    assert "my_messages" in text and "0x" not in text and "notes" not in text
