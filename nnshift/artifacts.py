@@ -43,7 +43,11 @@ SELF_SHA = "manifest_sha256"
 
 
 def _umask() -> int:
-    """The process umask (read without changing it for long)."""
+    """The process umask: from /proc on Linux (no change at all), else set and restored at once."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
