@@ -320,3 +320,25 @@ def test_store_key_is_stable_across_processes(vlm, samples):
     custom = dataclasses.replace(vlm.adapter, build_messages=my_messages)
     text = json.dumps(_adapter_settings(custom), default=str)
     assert "my_messages" in text and "0x" not in text and "notes" not in text
+
+
+def test_lora_on_off_and_lora_weights_are_in_the_key(samples, tmp_path):
+    from nnshift.models.testing import save_tiny_lora
+
+    base = build_tiny("llava", tmp_path / "base")
+    ft = load(base, lora=save_tiny_lora(base, tmp_path / "adapter"))
+    kw = {"layer": 0, "progress": False, "out": tmp_path / "s"}
+    on = capture(ft, samples[:2], **kw)
+    assert on.info["lora"] and on.info["lora_weights"]
+    with ft.lora_disabled(), pytest.raises(StoreMismatchError, match="lora"):
+        capture(ft, samples[:2], **kw)
+    with ft.lora_disabled():
+        off = capture(ft, samples[:2], layer=0, progress=False)
+    plain = capture(load(base), samples[:2], layer=0, progress=False)
+    assert off.info["weights"] == plain.info["weights"] == on.info["weights"]  # base weights: adapter excluded
+    assert off.info["lora"] is None and not torch.equal(off.tensor, on.tensor)
+    b = next(p for n, p in ft.hf.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        b.mul_(2.0)
+    with pytest.raises(StoreMismatchError, match="lora_weights"):
+        capture(ft, samples[:2], **kw)
