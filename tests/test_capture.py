@@ -342,3 +342,38 @@ def test_lora_on_off_and_lora_weights_are_in_the_key(samples, tmp_path):
         b.mul_(2.0)
     with pytest.raises(StoreMismatchError, match="lora_weights"):
         capture(ft, samples[:2], **kw)
+
+
+def test_fuzz_capture_arguments_give_a_result_or_an_nnshift_error(vlm, samples):
+    """Property: any combination of argument values gives valid activations or an NnshiftError, nothing else."""
+    import inspect
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from nnshift.errors import NnshiftError
+
+    raw_capture = inspect.unwrap(capture)
+    scalar = st.one_of(st.integers(-4, 4), st.booleans(), st.floats(-3, 3), st.text(max_size=3), st.none())
+    layer = st.one_of(scalar, st.lists(st.one_of(st.integers(-3, 2), scalar), max_size=3))
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        layer=layer,
+        batch_size=st.one_of(st.integers(-2, 4), st.floats(0, 3), st.none()),
+        reduce=st.sampled_from([None, "mean", "max", "", 1]),
+        at=st.sampled_from(["last_prompt", "image", "text", "bogus", P.generated()]),
+        dtype=st.sampled_from([torch.float32, torch.float16, torch.int8, torch.bool, "float32", None]),
+        n=st.integers(0, 3),
+    )
+    def check(layer, batch_size, reduce, at, dtype, n):
+        kw = {"layer": layer, "batch_size": batch_size, "reduce": reduce, "at": at, "dtype": dtype}
+        try:
+            out = raw_capture(vlm, samples[:n], max_new_tokens=2, progress=False, **kw)
+        except NnshiftError as exc:
+            assert exc.hint
+            return
+        for acts in out.values() if isinstance(out, dict) else [out]:
+            assert acts.tensor.ndim == 2 and acts.tensor.dtype == dtype and len(acts.ids) == len(acts)
+
+    check()
