@@ -70,8 +70,9 @@ def _check_args(
         raise ArgumentError(
             f"samples must be ns.Sample objects, got {wrong[0]}", "wrap inputs in ns.Sample(id, prompt, image)"
         )
-    seen: set[str] = set()
-    dup = sorted({s.id for s in samples if s.id in seen or seen.add(s.id)})
+    from collections import Counter
+
+    dup = sorted(i for i, n in Counter(s.id for s in samples).items() if n > 1)
     if dup:
         raise ArgumentError(
             f"{len(dup)} sample id(s) appear more than once: {dup[:5]}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,16 +53,20 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     for n, sh in enumerate(doc.get("shards") or []):
         if not isinstance(sh, dict) or any(not isinstance(sh.get(k), t) for k, t in _SHARD_FIELDS.items()):
             bad.append(f"shards[{n}]")
+        elif not re.fullmatch(r"shard-\d+\.safetensors", sh["file"]):  # never a path outside the folder
+            bad.append(f"shards[{n}].file {sh['file']!r}")
     if bad:
         raise ArtifactError(f"manifest of {str(path)!r}: missing or malformed {', '.join(bad)}", hint)
     return doc
 
 
-def _check_shard(path: Path, sh: dict[str, Any], layers: list[int]) -> tuple[dict[str, Tensor] | None, str | None]:
+def _check_shard(
+    path: Path, sh: dict[str, Any], layers: list[int], dim: int = 0
+) -> tuple[dict[str, Tensor] | None, str | None]:
     """A shard's tensors, or None and the problem: missing, checksum, not safetensors, shapes, row counts, NaN."""
     from safetensors.torch import load
 
-    from nnshift.artifacts import check_tensors, sha256_bytes
+    from nnshift.artifacts import check_tensors, sha256_bytes, tensor_spec
 
     name = sh["file"]
     try:
@@ -76,20 +81,23 @@ def _check_shard(path: Path, sh: dict[str, Any], layers: list[int]) -> tuple[dic
         return None, f"shard {name} is not a valid safetensors file"
     n = sh["n"]
     want = {f"layer_{x}" for x in layers}
-    if set(tensors) != want or any(t.ndim != 2 or t.shape[0] != n for t in tensors.values()):
-        return None, f"shard {name} holds {sorted(tensors)} with other shapes than its {n} rows of layers {layers}"
+    bad_shape = any(t.ndim != 2 or t.shape[0] != n or (dim and t.shape[1] != dim) for t in tensors.values())
+    if set(tensors) != want or bad_shape:
+        shapes = {k: list(v.shape) for k, v in tensors.items()}
+        return None, f"shard {name} holds {shapes}, not {n} rows of size {dim or '?'} for layers {layers}"
     if not len(sh["ids"]) == len(sh["answers"]) == len(sh["meta"]) == n:
         return None, f"shard {name}: the manifest lists a different number of ids, answers or meta than its {n} rows"
-    try:
-        if "tensors" in sh:
-            check_tensors(tensors, sh["tensors"], f"shard {name}")
-        else:
-            check_tensors(
-                tensors, {k: {"shape": list(v.shape), "dtype": str(v.dtype)[6:]} for k, v in tensors.items()}, name
-            )
+    try:  # format 1 shards list no tensor specs: only finiteness is checked for them
+        check_tensors(tensors, sh.get("tensors", tensor_spec(tensors)), f"shard {name}")
     except ArtifactError as exc:
         return None, exc.message
     return tensors, None
+
+
+def _dim(key: dict[str, Any]) -> int:
+    """The hidden size recorded in a key (0 when unknown)."""
+    d = key.get("hidden_size")
+    return d if isinstance(d, int) and not isinstance(d, bool) else 0
 
 
 class ActivationStore:
@@ -209,7 +217,7 @@ class ActivationStore:
         answers: list[str] = []
         meta: list[dict[str, Any]] = []
         for sh in self.doc["shards"]:
-            tensors, problem = _check_shard(self.path, sh, list(self.key.get("layers", [])))
+            tensors, problem = _check_shard(self.path, sh, list(self.key.get("layers", [])), _dim(self.key))
             if tensors is None:
                 raise CorruptStoreError(f"{str(self.path)!r}: {problem} ({sh['n']} rows)", _REPAIR)
             for k, v in tensors.items():
@@ -317,7 +325,7 @@ def verify_store(path: str | Path) -> list[str]:
     seen_rows: set[str] = set()
     seen_samples: set[str] = set()
     for sh in doc["shards"]:
-        problem = _check_shard(path, sh, layers)[1]
+        problem = _check_shard(path, sh, layers, _dim(doc["key"]))[1]
         if problem:
             problems.append(problem)
         if seen_rows & set(sh["ids"]) or seen_samples & set(sh["sample_ids"]):
@@ -346,7 +354,7 @@ def repair_store(path: str | Path) -> list[str]:
         dropped: list[str] = []
         seen: set[str] = set()
         for sh in doc["shards"]:
-            problem = _check_shard(path, sh, layers)[1]
+            problem = _check_shard(path, sh, layers, _dim(doc["key"]))[1]
             if problem is None and seen & set(sh["sample_ids"]):
                 problem = f"shard {sh['file']} repeats samples of an earlier shard"
             if problem is None:

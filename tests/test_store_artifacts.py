@@ -228,3 +228,25 @@ def test_verify_lists_every_problem_and_manifest_checks(tmp_path):
         load_activations(tmp_path)
     with pytest.raises(CorruptStoreError):
         repair_store(tmp_path)
+
+
+def test_manifest_cannot_point_outside_the_folder(tmp_path):
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"keep me")
+    out = tmp_path / "s"
+    with ActivationStore(out, KEY, expected=1) as st:
+        _append(st, ["a"])
+    man = json.loads((out / "manifest.json").read_text())
+    man["shards"][0]["file"] = "../victim.safetensors"
+    (out / "manifest.json").write_text(json.dumps(seal(man)))
+    assert "shards[0].file" in verify_store(out)[0]
+    with pytest.raises(CorruptStoreError):
+        repair_store(out)
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_shard_of_another_hidden_size_is_named(tmp_path):
+    with ActivationStore(tmp_path, {**KEY, "hidden_size": 5}, expected=1) as st:
+        _append(st, ["a"])
+        st.finish()
+    assert "not 1 rows of size 5" in verify_store(tmp_path)[0]
