@@ -346,6 +346,7 @@ def repair_store(path: str | Path) -> list[str]:
     from nnshift.artifacts import DirLock
 
     path = Path(path)
+    _read_manifest(path)  # not a store, or a damaged manifest: refused before the lock (nothing is created)
     with DirLock(path):
         store = ActivationStore.open(path)
         doc = store.doc

@@ -250,3 +250,10 @@ def test_shard_of_another_hidden_size_is_named(tmp_path):
         _append(st, ["a"])
         st.finish()
     assert "not 1 rows of size 5" in verify_store(tmp_path)[0]
+
+
+def test_repair_of_a_missing_folder_creates_nothing(tmp_path):
+    with pytest.raises(CorruptStoreError, match="not an activation store"):
+        repair_store(tmp_path / "nope")
+    assert not (tmp_path / "nope").exists()
+    assert "not an activation store" in verify_store(tmp_path / "nope")[0]
