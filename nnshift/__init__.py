@@ -9,7 +9,7 @@ from nnshift.generation import generate
 from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures
 from nnshift.read import cache_activations, read, read_activations
 from nnshift.steering import steer
-from nnshift.store import Activations, ActivationStore, load_activations, pair
+from nnshift.store import Activations, ActivationStore, load_activations, pair, repair_store, verify_store
 
 __all__ = [
     "VLM",
@@ -35,9 +35,11 @@ __all__ = [
     "read",
     "read_activations",
     "register_adapter",
+    "repair_store",
     "shift",
     "steer",
     "steering",
     "supported_architectures",
+    "verify_store",
     "zoo",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +12,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nnshift.data import Sample
-from nnshift.errors import EmptyInputError, TokenOfInterestError
+from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
-from nnshift.positions import Generated, SelectorLike, TokenOfInterest, as_selector, find_word_token
-from nnshift.store import Activations, ActivationStore
+from nnshift.positions import Generated, Selector, SelectorLike, TokenOfInterest, as_selector, find_word_token
+from nnshift.store import Activations, ActivationStore, sample_id_of
 
-__all__ = ["capture", "provenance"]
+__all__ = ["capture", "provenance", "store_key"]
 
 
 def provenance() -> dict[str, str]:
@@ -32,6 +32,134 @@ def provenance() -> dict[str, str]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "nnsight": getattr(nnsight, "__version__", "unknown"),
+    }
+
+
+def _positive_int(value: Any, name: str) -> int:
+    """``value`` checked to be an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArgumentError(f"{name} must be an integer >= 1, got {value!r}", f"pass {name}=1 or more")
+    return value
+
+
+def _layer_list(layer: Any) -> list[int]:
+    """``layer`` checked: an int, or a non-empty sequence of ints (no str, bool or float)."""
+    hint = "pass layer=12, layer=-1 or layer=[8, 16] (ints; -1 is the last layer)"
+    items = [layer] if not isinstance(layer, (list, tuple, range)) else list(layer)
+    if not items:
+        raise ArgumentError("layer is an empty list", hint)
+    bad = [x for x in items if isinstance(x, bool) or not isinstance(x, int)]
+    if bad:
+        raise ArgumentError(f"layer must be an int or a list of ints, got {layer!r}", hint)
+    return items
+
+
+def _check_args(
+    samples: Any, layer: Any, selector: Selector, reduce: Any, dtype: Any, sizes: dict[str, Any]
+) -> list[Sample]:
+    """Validate capture's arguments before any work; the samples as a list."""
+    if isinstance(samples, (str, bytes, Sample)) or not isinstance(samples, Iterable):
+        raise ArgumentError(
+            f"samples must be an iterable of Sample, got {type(samples).__name__}", "pass a list of ns.Sample"
+        )
+    samples = list(samples)
+    if not samples:
+        raise EmptyInputError("capture() got no samples", "pass at least one Sample")
+    wrong = [type(s).__name__ for s in samples if not isinstance(s, Sample)]
+    if wrong:
+        raise ArgumentError(
+            f"samples must be ns.Sample objects, got {wrong[0]}", "wrap inputs in ns.Sample(id, prompt, image)"
+        )
+    from collections import Counter
+
+    dup = sorted(i for i, n in Counter(s.id for s in samples).items() if n > 1)
+    if dup:
+        raise ArgumentError(
+            f"{len(dup)} sample id(s) appear more than once: {dup[:5]}",
+            "give every sample a unique id (Activations.samples of a multi-position capture repeats samples: "
+            "pass the original list)",
+        )
+    _layer_list(layer)
+    for name, value in sizes.items():
+        _positive_int(value, name)
+    if reduce not in (None, "mean"):
+        raise ArgumentError(f"unknown reduce {reduce!r}", "use reduce=None (one row per position) or reduce='mean'")
+    if reduce == "mean" and isinstance(selector, TokenOfInterest):
+        raise ArgumentError(
+            "reduce='mean' does not apply to token_of_interest (one position per sample)", "drop reduce="
+        )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ArgumentError(
+            f"dtype must be a floating torch dtype, got {dtype!r}", "use torch.float32, float16 or bfloat16"
+        )
+    return samples
+
+
+def _adapter_settings(adapter: Any) -> Any:
+    """The adapter's fields, stable across processes (functions by qualified name, notes left out)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(adapter):
+        return type(adapter).__name__
+    out = {}
+    for f in dataclasses.fields(adapter):
+        value = getattr(adapter, f.name)
+        if f.name != "notes":
+            out[f.name] = f"{value.__module__}.{value.__qualname__}" if callable(value) else value
+    return out
+
+
+def _processor_settings(vlm: Any) -> str:
+    """SHA-256 of what turns a sample into input ids: chat template, tokenizer, image processor, adapter."""
+    import hashlib
+    import json
+
+    tok = vlm.tokenizer
+    proc = getattr(vlm, "processor", None)
+    image_proc = getattr(proc, "image_processor", None)
+    settings = {
+        "template": getattr(proc, "chat_template", None) or getattr(tok, "chat_template", None),
+        "tokenizer": [type(tok).__name__, len(tok), getattr(tok, "bos_token", None), getattr(tok, "eos_token", None)],
+        "image_processor": image_proc.to_dict() if hasattr(image_proc, "to_dict") else None,
+        "adapter": _adapter_settings(getattr(vlm, "adapter", None)),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def store_key(
+    vlm: Any,
+    samples: Sequence[Sample],
+    layers: list[int],
+    selector: Selector,
+    reduce: str | None,
+    dtype: torch.dtype,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """Everything that changes captured numbers: model, weights, adapter, dtypes, processor, positions, dataset."""
+    from nnshift.artifacts import weights_fingerprint
+    from nnshift.data import dataset_fingerprint
+
+    hf = vlm.hf
+    params = list(hf.named_parameters())
+    lora_on = bool(getattr(vlm, "lora_enabled", False))
+    lora = getattr(vlm, "lora", None) if lora_on or getattr(vlm, "lora_merged", False) else None
+    config = getattr(hf, "config", None)
+    gen = {"max_new_tokens": max_new_tokens, "greedy": True, "eos": vlm.eos_token_ids}
+    return {
+        "model": vlm.name,
+        "revision": getattr(config, "_commit_hash", None),
+        "weights": weights_fingerprint((n, p) for n, p in params if "lora_" not in n),
+        "lora": lora,
+        "lora_weights": weights_fingerprint((n, p) for n, p in params if "lora_" in n) if lora_on else None,
+        "model_dtype": str(vlm.dtype),
+        "processor": _processor_settings(vlm),
+        "layers": layers,
+        "selector": selector.spec(),
+        "reduce": reduce,
+        "dtype": str(dtype),
+        "hidden_size": vlm.hidden_size,
+        "generation": gen if selector.needs_generation else None,
+        "dataset": dataset_fingerprint(samples),
     }
 
 
@@ -142,9 +270,44 @@ def _rows_from_forward(
             rows.add(vecs, f"{sample.id}#{p}", sample, "", {**sample.meta, "position": p})
 
 
+def _assemble(
+    vlm: Any,
+    samples: list[Sample],
+    layers: list[int],
+    key: dict[str, Any],
+    store: ActivationStore | None,
+    mem: list[tuple[dict[str, Tensor], list[str], list[str], list[dict[str, Any]]]],
+    skipped: list[str],
+) -> dict[int, Activations]:
+    """The per-layer `Activations` of a finished capture (from the store, or from the shards kept in memory)."""
+    if store is not None:
+        store.finish()
+        result = {layer: store.activations(layer) for layer in layers}
+    else:
+        result = {}
+        for layer in layers:
+            name = f"layer_{layer}"
+            tensor = torch.cat([m[0][name] for m in mem]) if mem else torch.zeros(0, vlm.hidden_size)
+            result[layer] = Activations(
+                tensor=tensor,
+                ids=[i for m in mem for i in m[1]],
+                answers=[a for m in mem for a in m[2]],
+                meta=[x for m in mem for x in m[3]],
+                info={**key, "layer": layer},
+                skipped=list(skipped),
+            )
+    by_id = {s.id: s for s in samples}
+    for acts in result.values():
+        acts.info["versions"] = provenance()
+        owners = [sample_id_of(i, by_id) for i in acts.ids]
+        acts.samples = [by_id[o] for o in owners] if all(o in by_id for o in owners) else None
+
+    return result
+
+
 def capture(
     vlm: Any,
-    samples: Sequence[Sample],
+    samples: Iterable[Sample],
     layer: int | Sequence[int] = -1,
     at: SelectorLike = "last_prompt",
     *,
@@ -166,26 +329,58 @@ def capture(
     TOI is not in the answer) are listed in ``Activations.skipped``. With ``out=DIR`` the rows are streamed
     to shards on disk (atomic writes); running the same call again resumes where it stopped.
     Several layers (a list) give a dict ``{layer: Activations}`` from one pass. ``remote=True`` runs the
-    traces on NDIF (nnsight's ``CONFIG.API``; see docs/remote.md).
+    traces on NDIF (nnsight's ``CONFIG.API``; see docs/remote.md). Everything that changes the numbers is
+    the store's key: resuming with another model, weights, adapter, dtype, processor, layer, selector,
+    generation setting or dataset raises `StoreMismatchError` naming the field.
     """
-    if len(samples) == 0:
-        raise EmptyInputError("capture() got no samples", "pass at least one Sample")
     selector = as_selector(at)
-    single = isinstance(layer, int)
-    layers = sorted({vlm.layer_index(x) for x in ([layer] if single else layer)})
+    sizes = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "shard_size": shard_size}
+    samples = _check_args(samples, layer, selector, reduce, dtype, sizes)
+    single = not isinstance(layer, (list, tuple, range))
+    layers = sorted({vlm.layer_index(x) for x in _layer_list(layer)})
     if isinstance(selector, Generated) and reduce is None:
         reduce = selector.reduce
-    key = {
-        "model": vlm.name,
-        "lora": getattr(vlm, "lora", None) if getattr(vlm, "lora_enabled", False) else None,
-        "layers": layers,
-        "selector": selector.spec(),
-        "reduce": reduce,
-        "dtype": str(dtype),
-        "hidden_size": vlm.hidden_size,
-        "max_new_tokens": max_new_tokens if selector.needs_generation else None,
-    }
-    store = ActivationStore(out, key) if out is not None else None
+    key = store_key(vlm, samples, layers, selector, reduce, dtype, max_new_tokens)
+    store = ActivationStore(out, key, expected=len(samples)) if out is not None else None
+    try:
+        return _capture_run(
+            vlm,
+            samples,
+            selector,
+            layers,
+            single,
+            reduce,
+            key,
+            store,
+            batch_size,
+            max_new_tokens,
+            shard_size,
+            dtype,
+            progress,
+            remote,
+        )
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _capture_run(
+    vlm: Any,
+    samples: list[Sample],
+    selector: Selector,
+    layers: list[int],
+    single: bool,
+    reduce: str | None,
+    key: dict[str, Any],
+    store: ActivationStore | None,
+    batch_size: int,
+    max_new_tokens: int,
+    shard_size: int,
+    dtype: torch.dtype,
+    progress: bool,
+    remote: bool,
+) -> Activations | dict[int, Activations]:
+    """The capture loop behind `capture`, after validation (the store, if any, is locked)."""
     done = store.done_ids if store is not None else set()
     todo = [s for s in samples if s.id not in done]
     rows = _Rows(layers)
@@ -224,31 +419,7 @@ def capture(
     flush()
     bar.close()
 
-    if store is not None:
-        store.finish()
-        result = {layer: store.activations(layer) for layer in layers}
-    else:
-        result = {}
-        for layer in layers:
-            name = f"layer_{layer}"
-            tensor = torch.cat([m[0][name] for m in mem]) if mem else torch.zeros(0, vlm.hidden_size)
-            result[layer] = Activations(
-                tensor=tensor,
-                ids=[i for m in mem for i in m[1]],
-                answers=[a for m in mem for a in m[2]],
-                meta=[x for m in mem for x in m[3]],
-                info={**key, "layer": layer},
-                skipped=list(skipped),
-            )
-    by_id = {s.id: s for s in samples}
-    for acts in result.values():
-        acts.info["versions"] = provenance()
-        acts.samples = (
-            [by_id[m_id.split("#")[0]] for m_id in acts.ids]
-            if all(i.split("#")[0] in by_id for i in acts.ids)
-            else None
-        )
-
+    result = _assemble(vlm, samples, layers, key, store, mem, skipped)
     first = result[layers[0]]
     if isinstance(selector, TokenOfInterest) and len(first) == 0:
         shown = "; ".join(repr(a) for a in examples) or "answers not shown: resumed from disk"

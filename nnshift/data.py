@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -17,6 +18,7 @@ from nnshift.errors import DataFormatError, ImageReadError
 __all__ = [
     "CAPTION_PROMPT",
     "VQA_SUFFIX",
+    "dataset_fingerprint",
     "ImageLike",
     "Sample",
     "load_coco_captions",
@@ -64,6 +66,26 @@ class Sample:
             ) from exc
 
 
+def _image_digest(image: ImageLike) -> str:
+    """SHA-256 of an image: its file's bytes, or a PIL image's mode, size and pixels; "none" for no image."""
+    if image is None:
+        return "none"
+    if isinstance(image, Image.Image):
+        return hashlib.sha256(f"{image.mode}|{image.size}|".encode() + image.tobytes()).hexdigest()
+    try:
+        return hashlib.sha256(Path(image).read_bytes()).hexdigest()
+    except OSError:
+        return f"unreadable:{image}"
+
+
+def dataset_fingerprint(samples: Iterable[Sample]) -> str:
+    """SHA-256 over the samples' ids, prompts and image contents, in order (what changes captured numbers)."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(json.dumps([s.id, s.prompt, _image_digest(s.image)]).encode() + b"\n")
+    return h.hexdigest()
+
+
 def _read_json(path: str | Path, what: str) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -73,11 +95,20 @@ def _read_json(path: str | Path, what: str) -> Any:
         raise DataFormatError(f"{what} file {str(path)!r} is not valid JSON: {exc}", "check the file") from exc
 
 
+def _check_limit(limit: Any) -> int:
+    """``limit`` checked: an int >= 0 (0 means no samples)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise DataFormatError(
+            f"limit must be an integer >= 0, got {limit!r}", "pass limit=N with N >= 0, or None for all"
+        )
+    return limit
+
+
 def _limit(samples: list[Sample], limit: int | None, seed: int | None) -> list[Sample]:
     if seed is not None:
         samples = list(samples)
         random.Random(seed).shuffle(samples)
-    return samples if limit is None else samples[:limit]
+    return samples if limit is None else samples[: _check_limit(limit)]
 
 
 def _image_index(image_dir: str | Path) -> dict[int, Path]:
@@ -103,6 +134,8 @@ def load_coco_captions(
 
     ``split`` filters Karpathy splits ("train", "restval", "val", "test"); ``seed`` shuffles before ``limit``.
     """
+    if limit is not None:
+        _check_limit(limit)
     doc = _read_json(annotations, "COCO captions")
     image_dir = Path(image_dir)
     samples: list[Sample] = []
@@ -159,6 +192,8 @@ def load_vqav2(
     ``meta["answer_type"]`` is "yes/no", "number" or "other"; ``answers`` are the annotators' answers,
     most common (``multiple_choice_answer``) first.
     """
+    if limit is not None:
+        _check_limit(limit)
     qdoc = _read_json(questions, "VQAv2 questions")
     if not isinstance(qdoc, dict) or "questions" not in qdoc:
         raise DataFormatError(
@@ -197,8 +232,15 @@ def load_vqav2(
     return _limit(samples, limit, seed)
 
 
-def load_jsonl(path: str | Path, image_dir: str | Path | None = None, *, limit: int | None = None) -> list[Sample]:
-    """Read one sample per line: ``{"id", "prompt" (or "question"), "image" (relative to image_dir), "answers" (or "answer"), "meta"}``."""
+def load_jsonl(
+    path: str | Path, image_dir: str | Path | None = None, *, limit: int | None = None, seed: int | None = None
+) -> list[Sample]:
+    """Read one sample per line: ``{"id", "prompt" (or "question"), "image" (relative to image_dir), "answers" (or "answer"), "meta"}``.
+
+    ``seed`` shuffles before ``limit``; ``limit=0`` gives no samples.
+    """
+    if limit is not None:
+        _check_limit(limit)
     path = Path(path)
     base = Path(image_dir) if image_dir is not None else path.parent
     samples: list[Sample] = []
@@ -229,7 +271,7 @@ def load_jsonl(path: str | Path, image_dir: str | Path | None = None, *, limit: 
                 meta=dict(d.get("meta", {})),
             )
         )
-    return samples[:limit] if limit is not None else samples
+    return _limit(samples, limit, seed)
 
 
 def save_jsonl(samples: Iterable[Sample], path: str | Path, image_dir: str | Path | None = None) -> Path:
@@ -257,7 +299,7 @@ def load_samples(path: str | Path, image_dir: str | Path | None = None, **kw: An
     """Read a dataset by its format: ``.jsonl`` or a COCO captions JSON (Karpathy or official)."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return load_jsonl(path, image_dir, limit=kw.get("limit"))
+        return load_jsonl(path, image_dir, limit=kw.get("limit"), seed=kw.get("seed"))
     if image_dir is None:
         raise DataFormatError(f"{str(path)!r}: a COCO JSON needs an image folder", "pass image_dir (--images)")
     return load_coco_captions(path, image_dir, **kw)

@@ -15,6 +15,8 @@ __all__ = [
     "StoreError",
     "CorruptStoreError",
     "StoreMismatchError",
+    "ArtifactError",
+    "ArgumentError",
     "ImageReadError",
     "DataFormatError",
     "PairingError",
@@ -77,12 +79,20 @@ class StoreMismatchError(StoreError):
     """Resuming into a store written by another model, layer or selector."""
 
 
+class ArgumentError(NnshiftError, ValueError):
+    """An argument of the wrong type or outside its range (a layer given as a string, batch_size=0, ...)."""
+
+
 class ImageReadError(NnshiftError):
     """An image file that cannot be opened."""
 
 
 class DataFormatError(NnshiftError, ValueError):
     """A dataset or saved file in an unexpected format."""
+
+
+class ArtifactError(CorruptStoreError, DataFormatError):
+    """A saved artifact (activations, store, ...) that fails its checksum, version, shape, dtype or finiteness check."""
 
 
 class PairingError(NnshiftError, ValueError):

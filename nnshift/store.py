@@ -2,41 +2,47 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file
 from torch import Tensor
 
-from nnshift.errors import CorruptStoreError, EmptyInputError, NonFiniteError, PairingError, StoreError
+from nnshift.artifacts import atomic_write_bytes, read_artifact, write_artifact
+from nnshift.errors import ArtifactError, CorruptStoreError, EmptyInputError, NonFiniteError, PairingError
+from nnshift.shards import ActivationStore, repair_store, verify_store
 
-__all__ = ["ActivationStore", "Activations", "as_matrix", "atomic_write_bytes", "load_activations", "pair"]
+__all__ = [
+    "ActivationStore",
+    "Activations",
+    "as_matrix",
+    "atomic_write_bytes",
+    "load_activations",
+    "pair",
+    "repair_store",
+    "row_id",
+    "sample_id_of",
+    "verify_store",
+]
 
-FORMAT_VERSION = 1
+#: version of the `Activations.save` format (1: no checksums, still read)
+FORMAT_VERSION = 2
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def row_id(sample_id: str, part: str | int | None = None) -> str:
+    """The id of a row: the sample id, or ``"<sample id>#<part>"`` for one of several rows of a sample."""
+    return sample_id if part is None else f"{sample_id}#{part}"
+
+
+def sample_id_of(row: str, sample_ids: Container[str] | None = None) -> str:
+    """The id of the sample a row came from (inverse of `row_id`); a row id in ``sample_ids`` is its own sample."""
+    if sample_ids is not None and row in sample_ids:
+        return row
+    head, sep, _ = row.rpartition("#")
+    return head if sep else row
 
 
 @dataclass
@@ -87,56 +93,72 @@ class Activations:
     def select(self, index: Sequence[int] | Tensor) -> Activations:
         """The rows at ``index`` (positions, not ids), in that order."""
         idx = [int(i) for i in index]
-        by_id = {s.id: s for s in self.samples} if self.samples is not None else None
+        samples = None
+        if self.samples is not None:
+            by_id = {s.id: s for s in self.samples}
+            samples = [by_id[sample_id_of(self.ids[i], by_id)] for i in idx]
         return Activations(
             tensor=self.tensor[idx],
             ids=[self.ids[i] for i in idx],
             answers=[self.answers[i] for i in idx],
             meta=[self.meta[i] for i in idx],
             info=dict(self.info),
-            samples=[by_id[self.ids[i]] for i in idx] if by_id is not None else None,
+            samples=samples,
+            skipped=list(self.skipped),
         )
 
     def save(self, path: str | Path) -> Path:
-        """Save as ``path/activations.safetensors`` + ``path/activations.json`` (atomic)."""
-        from safetensors.torch import save
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / "activations.safetensors", save({"tensor": self.tensor.contiguous()}))
-        doc = {
-            "format_version": FORMAT_VERSION,
-            "ids": self.ids,
-            "answers": self.answers,
-            "meta": self.meta,
-            "info": self.info,
-            "skipped": self.skipped,
-        }
-        atomic_write_bytes(path / "activations.json", json.dumps(doc, default=str).encode())
-        return path
+        """Save as ``path/activations.safetensors`` + ``path/activations.json`` (checksummed, atomic)."""
+        doc = {"ids": self.ids, "answers": self.answers, "meta": self.meta, "info": self.info, "skipped": self.skipped}
+        return write_artifact(path, "activations", FORMAT_VERSION, {"tensor": self.tensor}, doc)
 
     @classmethod
     def load(cls, path: str | Path) -> Activations:
-        """Load what `save` wrote."""
+        """Load what `save` wrote (checksums, version, shapes and finiteness verified)."""
         path = Path(path)
-        try:
-            doc = json.loads((path / "activations.json").read_text())
-            tensor = load_file(str(path / "activations.safetensors"))["tensor"]
-        except FileNotFoundError as exc:
+        if not (path / "activations.json").exists():
             raise CorruptStoreError(
-                f"no saved activations in {str(path)!r}: {exc.filename} is missing",
+                f"no saved activations in {str(path)!r}: {path / 'activations.json'} is missing",
                 "pass the folder that Activations.save or ns.capture(out=...) wrote",
-            ) from exc
-        except (json.JSONDecodeError, KeyError, OSError) as exc:
-            raise CorruptStoreError(f"cannot read activations in {str(path)!r}: {exc}", "re-run the capture") from exc
-        return cls(
-            tensor=tensor,
-            ids=doc["ids"],
-            answers=doc["answers"],
-            meta=doc["meta"],
-            info=doc["info"],
-            skipped=doc.get("skipped", []),
-        )
+            )
+        tensors, doc = _read_activations(path)
+        where = f"activations in {str(path)!r}"
+        fields = {"ids": list, "answers": list, "meta": list, "info": dict, "skipped": list}
+        for name, kind in fields.items():
+            if not isinstance(doc.get(name, kind()), kind):
+                raise ArtifactError(f"{where}: {name!r} is not a {kind.__name__}", "re-create the file")
+        try:
+            return cls(
+                tensor=tensors["tensor"],
+                ids=[str(i) for i in doc["ids"]],
+                answers=doc.get("answers", []),
+                meta=doc.get("meta", []),
+                info=doc.get("info", {}),
+                skipped=doc.get("skipped", []),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ArtifactError(f"{where} are inconsistent: {exc}", "re-create the file") from exc
+
+
+def _read_activations(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Tensors and document of an `Activations.save` folder, current or legacy (format_version 1) format."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from nnshift.artifacts import check_format
+
+    try:
+        raw = json.loads((path / "activations.json").read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read activations in {str(path)!r}: {exc}", "re-run the capture") from exc
+    if isinstance(raw, dict) and "format" not in raw and "ids" in raw:  # format_version 1: no checksums
+        check_format(raw, "nnshift.activations", FORMAT_VERSION, repr(str(path / "activations.json")))
+        try:
+            return load_file(str(path / "activations.safetensors")), raw
+        except Exception as exc:  # safetensors raises its own error types
+            raise ArtifactError(f"cannot read activations in {str(path)!r}: {exc}", "re-run the capture") from exc
+    return read_artifact(path, "activations", FORMAT_VERSION)
 
 
 def as_matrix(acts: Activations | Tensor, name: str = "activations") -> Float[Tensor, "m d"]:
@@ -168,170 +190,9 @@ def pair(acts_a: Activations, acts_b: Activations) -> tuple[Activations, Activat
     return acts_a.select([a for a, _ in common]), acts_b.select([b for _, b in common])
 
 
-# ---------------------------------------------------------------------------------------------
-# Sharded on-disk store: capture streams shards here; an interrupted capture resumes.
-# ---------------------------------------------------------------------------------------------
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-class ActivationStore:
-    """A folder of safetensors shards + ``manifest.json``, written atomically, resumable.
-
-    ``key`` identifies what is captured (model, layers, selector, dtype, hidden size); reopening a
-    folder with another key raises `StoreMismatchError`, so a resumed capture never mixes models.
-    Each shard holds one tensor per layer (``layer_<l>``) and lists its ids, answers and metadata
-    in the manifest, with the file's SHA-256.
-    """
-
-    MANIFEST = "manifest.json"
-
-    def __init__(self, path: str | Path, key: dict[str, Any]) -> None:
-        from nnshift.errors import StoreMismatchError
-
-        self.path = Path(path)
-        self.key = json.loads(json.dumps(key, default=str))
-        self.path.mkdir(parents=True, exist_ok=True)
-        manifest = self.path / self.MANIFEST
-        if manifest.exists():
-            self.doc = self._read_manifest()
-            if self.doc.get("key") != self.key:
-                diff = {
-                    k: (self.doc.get("key", {}).get(k), self.key.get(k))
-                    for k in set(self.key) | set(self.doc.get("key", {}))
-                    if self.doc.get("key", {}).get(k) != self.key.get(k)
-                }
-                raise StoreMismatchError(
-                    f"{str(self.path)!r} holds a capture of another setting: {diff} (stored, requested)",
-                    "use a new out= folder, or delete this one to start over",
-                )
-        else:
-            self.doc = {"format_version": FORMAT_VERSION, "key": self.key, "shards": [], "skipped": [], "done": False}
-            self._write_manifest()
-
-    def _read_manifest(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.path / self.MANIFEST).read_text())
-        except (json.JSONDecodeError, OSError) as exc:
-            raise CorruptStoreError(
-                f"manifest of {str(self.path)!r} cannot be read: {exc}", "delete the folder and capture again"
-            ) from exc
-
-    def _write_manifest(self) -> None:
-        atomic_write_bytes(self.path / self.MANIFEST, json.dumps(self.doc, default=str).encode())
-
-    @property
-    def done_ids(self) -> set[str]:
-        """Sample ids already stored (as rows) or already known to have no selected position."""
-        ids = {s for sh in self.doc["shards"] for s in sh["sample_ids"]}
-        return ids | set(self.doc["skipped"])
-
-    @property
-    def done(self) -> bool:
-        """Whether the capture finished."""
-        return bool(self.doc.get("done"))
-
-    def append(
-        self,
-        tensors: dict[str, Tensor],
-        ids: list[str],
-        sample_ids: list[str],
-        answers: list[str],
-        meta: list[dict[str, Any]],
-        skipped: list[str],
-    ) -> None:
-        """Write one shard (atomically) and record it, with the newly skipped sample ids, in the manifest."""
-        from safetensors.torch import save
-
-        if ids:
-            name = f"shard-{len(self.doc['shards']):05d}.safetensors"
-            data = save({k: v.contiguous() for k, v in tensors.items()})
-            atomic_write_bytes(self.path / name, data)
-            self.doc["shards"].append(
-                {
-                    "file": name,
-                    "n": len(ids),
-                    "sha256": _sha256(data),
-                    "ids": ids,
-                    "sample_ids": sorted(set(sample_ids)),
-                    "answers": answers,
-                    "meta": meta,
-                }
-            )
-        self.doc["skipped"] = [*self.doc["skipped"], *skipped]
-        self._write_manifest()
-
-    def finish(self) -> None:
-        """Mark the capture complete."""
-        self.doc["done"] = True
-        self._write_manifest()
-
-    def read(self) -> tuple[dict[str, Tensor], list[str], list[str], list[dict[str, Any]]]:
-        """All rows: per-layer tensors, ids, answers, meta (checksums verified)."""
-        parts: dict[str, list[Tensor]] = {}
-        ids: list[str] = []
-        answers: list[str] = []
-        meta: list[dict[str, Any]] = []
-        for sh in self.doc["shards"]:
-            f = self.path / sh["file"]
-            try:
-                data = f.read_bytes()
-            except OSError as exc:
-                raise CorruptStoreError(f"shard {str(f)!r} is missing", "delete the folder and capture again") from exc
-            if _sha256(data) != sh["sha256"]:
-                raise CorruptStoreError(
-                    f"shard {str(f)!r} fails its checksum",
-                    "delete this shard's entry (or the folder) and run the capture again to re-create it",
-                )
-            from safetensors.torch import load
-
-            for k, v in load(data).items():
-                parts.setdefault(k, []).append(v)
-            ids += sh["ids"]
-            answers += sh["answers"]
-            meta += sh["meta"]
-        return {k: torch.cat(v) for k, v in parts.items()}, ids, answers, meta
-
-    @classmethod
-    def open(cls, path: str | Path) -> ActivationStore:
-        """Open an existing store (whatever its key)."""
-        path = Path(path)
-        if not (path / cls.MANIFEST).exists():
-            raise CorruptStoreError(
-                f"{str(path)!r} is not an activation store (no {cls.MANIFEST})",
-                "pass the out= folder of ns.capture",
-            )
-        self = cls.__new__(cls)
-        self.path = path
-        self.doc = self._read_manifest()
-        self.key = self.doc.get("key", {})
-        return self
-
-    def activations(self, layer: int | None = None) -> Activations:
-        """The stored rows of one layer (the only one when ``layer`` is None) as `Activations`."""
-        tensors, ids, answers, meta = self.read()
-        layers = self.key.get("layers", [])
-        if layer is None:
-            if len(layers) != 1:
-                raise StoreError(f"{str(self.path)!r} holds layers {layers}", "pass layer=")
-            layer = layers[0]
-        name = f"layer_{layer}"
-        if name not in tensors:
-            dim = int(self.key.get("hidden_size", 0))
-            if ids or layer not in layers:
-                raise StoreError(f"{str(self.path)!r} has no layer {layer} (it holds {layers})", "pass one of those")
-            tensors[name] = torch.zeros(0, dim)
-        info = {**self.key, "layer": layer}
-        return Activations(tensors[name], ids, answers, meta, info=info, skipped=list(self.doc["skipped"]))
-
-
-def load_activations(path: str | Path, layer: int | None = None) -> Activations:
-    """Load `Activations` saved by `Activations.save` or streamed by ``ns.capture(out=...)``."""
+def load_activations(path: str | Path, layer: int | None = None, *, allow_partial: bool = False) -> Activations:
+    """Load `Activations` saved by `Activations.save` or streamed by ``ns.capture(out=...)`` (partial: refused)."""
     path = Path(path)
     if (path / ActivationStore.MANIFEST).exists():
-        return ActivationStore.open(path).activations(layer)
+        return ActivationStore.open(path).activations(layer, allow_partial=allow_partial)
     return Activations.load(path)

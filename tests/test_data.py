@@ -67,3 +67,50 @@ def test_unreadable_image_names_sample(tmp_path):
     s = ns.Sample(id="cat/7", prompt="p", image=tmp_path / "broken.jpg")
     with pytest.raises(ImageReadError, match="cat/7"):
         s.load_image()
+
+
+def test_limit_zero_means_no_samples_in_every_reader():
+    q, a = FIX / "v2_OpenEnded_mscoco_val2014_questions.json", FIX / "v2_mscoco_val2014_annotations.json"
+    assert data.load_jsonl(FIX / "samples.jsonl", limit=0) == []
+    assert data.load_samples(FIX / "samples.jsonl", limit=0) == []
+    assert data.load_coco_captions(FIX / "captions_val2014.json", FIX, limit=0) == []
+    assert data.load_vqav2(q, a, FIX, limit=0) == []
+    assert len(data.load_jsonl(FIX / "samples.jsonl", limit=1)) == 1
+    import inspect
+
+    # unwrapped: the tests' run-time type checker would catch 1.5 first
+    load_jsonl, load_vqav2 = inspect.unwrap(data.load_jsonl), inspect.unwrap(data.load_vqav2)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(DataFormatError, match="limit"):
+            load_jsonl(FIX / "samples.jsonl", limit=bad)
+        with pytest.raises(DataFormatError, match="limit"):
+            load_vqav2(q, a, FIX, limit=bad)
+
+
+def test_jsonl_seed_shuffles_before_limit():
+    all_ids = [s.id for s in data.load_jsonl(FIX / "samples.jsonl")]
+    shuffled = [s.id for s in data.load_jsonl(FIX / "samples.jsonl", seed=1)]
+    assert sorted(shuffled) == sorted(all_ids)
+    assert [s.id for s in data.load_jsonl(FIX / "samples.jsonl", seed=1, limit=1)] == shuffled[:1]
+
+
+def test_dataset_fingerprint_sees_ids_prompts_and_image_contents(tmp_path):
+    img = Image.new("RGB", (4, 4), (1, 2, 3))
+    base = [ns.Sample(id="a", prompt="p", image=img), ns.Sample(id="b", prompt="q")]
+    fp = data.dataset_fingerprint(base)
+    assert fp == data.dataset_fingerprint([ns.Sample(id="a", prompt="p", image=img.copy()), base[1]])
+    other_pixel = img.copy()
+    other_pixel.putpixel((0, 0), (1, 2, 4))
+    changes = [
+        [ns.Sample(id="x", prompt="p", image=img), base[1]],
+        [ns.Sample(id="a", prompt="p!", image=img), base[1]],
+        [ns.Sample(id="a", prompt="p", image=other_pixel), base[1]],
+        base[::-1],
+        base[:1],
+    ]
+    assert len({fp, *(data.dataset_fingerprint(c) for c in changes)}) == 6
+    f = tmp_path / "i.png"
+    img.save(f)
+    on_disk = data.dataset_fingerprint([ns.Sample(id="a", prompt="p", image=f)])
+    other_pixel.save(f)
+    assert data.dataset_fingerprint([ns.Sample(id="a", prompt="p", image=f)]) != on_disk
