@@ -105,20 +105,11 @@ def read_activations(
     attn = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     layout = _row_layout(mask, attn, samples, reduce)
     rows = [tensor[s].float().mean(0).to(dtype) for _, _, _, s in layout]
-    selector = as_selector(at)
-    info = {
-        "model": vlm.name,
-        "lora": getattr(vlm, "lora", None) if getattr(vlm, "lora_enabled", False) else None,
-        "layers": [vlm.layer_index(layer)],
-        "selector": selector.spec(),
-        "reduce": reduce,
-        "dtype": str(dtype),
-        "hidden_size": vlm.hidden_size,
-        "max_new_tokens": None,
-        "layer": vlm.layer_index(layer),
-        "versions": versions(),
-        "source": "ns.read",
-    }
+    from nnshift.capture import store_key
+
+    layer_index = vlm.layer_index(layer)
+    info = store_key(vlm, samples, [layer_index], as_selector(at), reduce, dtype, max_new_tokens=1)
+    info.update(layer=layer_index, versions=versions(), source="ns.read")
     kept = {sample.id for _, sample, _, _ in layout}
     return Activations(
         tensor=torch.stack(rows) if rows else torch.zeros(0, vlm.hidden_size, dtype=dtype),
