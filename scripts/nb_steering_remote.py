@@ -279,7 +279,7 @@ NB04 = [
         return torch.stack(list(hs))
     diff = (resids(p) - resids()).norm(dim=-1).max(dim=-1).values
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(range(base.n_layers), diff.tolist()); ax.set_xlabel('layer'); ax.set_ylabel('max ||steered - unsteered||')
+    ax.bar(range(base.n_layers), diff.tolist()); ax.set_xticks(range(base.n_layers)); ax.set_xlabel('layer'); ax.set_ylabel('max ||steered - unsteered||')
     ax.set_title(f'a patch at layer {edited}: last position, per layer');
     print(f"layers before {edited}: max change {diff[:edited].max():.2e}; layer {edited} and after: "
           f"min change {diff[edited:].min():.3f}")
