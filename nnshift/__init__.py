@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from nnshift.cli import interrupt as _interrupt  # noqa: F401  (the `nnshift` command: Ctrl-C while importing exits 130)
+
+# isort: split
+
 from nnshift import concepts, data, errors, evaluate, models, plots, positions, shift, steering, zoo
 from nnshift.capture import capture
 from nnshift.data import Sample
