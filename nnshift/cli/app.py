@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from nnshift.cli import capture, concepts, demo, evaluate, generate, report, shift, steer, store
 from nnshift.cli.common import ArgParser, Command
 from nnshift.cli.interrupt import report_interrupt, restore
+from nnshift.cli.loaders import validate_model_args
 from nnshift.errors import NnshiftError
 
 __all__ = ["COMMANDS", "DESCRIPTION", "build_parser", "main", "prepare_argv"]
@@ -111,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         restore()
         parser = build_parser()
         args = parser.parse_args(prepare_argv(parser, args_list))
+        validate_model_args(args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return COMMANDS[args.command].run(args)

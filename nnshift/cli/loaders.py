@@ -15,6 +15,8 @@ from nnshift.cli.common import CliError, require
 __all__ = [
     "resolve_device",
     "check_dtype",
+    "validate_model_args",
+    "load_artifact",
     "load_model",
     "load_data",
     "load_acts",
@@ -63,6 +65,31 @@ def check_dtype(dtype: str | None) -> str:
     if d not in _DTYPES:
         raise CliError(f"unknown --dtype {dtype!r}", "use float32, bfloat16, float16 or auto")
     return d
+
+
+def validate_model_args(args: argparse.Namespace) -> None:
+    """Check --device, --dtype and --lora before any work (no model is loaded)."""
+    if getattr(args, "model", None) is None:
+        return
+    check_dtype(getattr(args, "dtype", "auto"))
+    resolve_device(getattr(args, "device", "auto"))
+    if getattr(args, "lora", None) is not None:
+        require(args.lora, "--lora adapter folder", "dir")
+
+
+def load_artifact(loader: Callable[[Path], Any], path: str | None, what: str) -> Any:
+    """``loader(path)`` for a saved artifact; a structurally broken file (null, [], missing keys) is a CliError."""
+    from nnshift.errors import NnshiftError
+
+    folder = require(path, what, "dir")
+    try:
+        return loader(folder)
+    except NnshiftError:
+        raise
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+        raise CliError(
+            f"{what} {folder} is broken ({type(exc).__name__}: {exc})", "write it again with the nnshift command"
+        ) from exc
 
 
 def load_model(args: argparse.Namespace) -> Any:
@@ -161,12 +188,11 @@ def load_acts(path: str | None, what: str, layer: int | None = None, allow_parti
     """`ns.load_activations` of a store or saved Activations folder, refusing partial stores unless allowed."""
     import nnshift as ns
 
-    folder = require(path, what, "dir")
     if not allow_partial:
-        return ns.load_activations(folder, layer)
+        return load_artifact(lambda folder: ns.load_activations(folder, layer), path, what)
     if "allow_partial" not in inspect.signature(ns.load_activations).parameters:
         raise CliError("--allow-partial: this version of nnshift cannot read partial stores", "drop --allow-partial")
-    return ns.load_activations(folder, layer, allow_partial=True)
+    return load_artifact(lambda folder: ns.load_activations(folder, layer, allow_partial=True), path, what)
 
 
 def write_json(path: Path, doc: Any) -> None:

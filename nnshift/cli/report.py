@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nnshift.cli.common import CliError, Command
+from nnshift.cli.loaders import load_artifact
 
 __all__ = ["COMMAND", "run_kinds"]
 
@@ -64,7 +65,7 @@ def _demo(rep: Any, run: Path) -> dict[str, Any]:
 def _capture(rep: Any, run: Path) -> dict[str, Any]:
     from nnshift.store import ActivationStore
 
-    store = ActivationStore.open(run)
+    store = load_artifact(ActivationStore.open, str(run), "activation store")
     key = store.key if isinstance(store.key, dict) else {}
     row = {
         "rows": len(store.done_ids),
@@ -88,7 +89,7 @@ def _activations(rep: Any, run: Path) -> dict[str, Any]:
 def _concepts(rep: Any, run: Path) -> dict[str, Any]:
     from nnshift.concepts import ConceptDictionary
 
-    dico = ConceptDictionary.load(run)
+    dico = load_artifact(ConceptDictionary.load, str(run), "concept dictionary")
     sec = rep.section(f"concepts: {run.name}")
     row = {"method": dico.method, "k": dico.k, **_flat(dict(dico.diagnostics or {}))}
     sec.tables.append(("dictionary", [row]))
@@ -101,7 +102,7 @@ def _concepts(rep: Any, run: Path) -> dict[str, Any]:
 def _shift(rep: Any, run: Path) -> dict[str, Any]:
     from nnshift.shift import ShiftReport
 
-    report = ShiftReport.load(run)
+    report = load_artifact(ShiftReport.load, str(run), "shift report")
     summary = report.summary()
     sec = rep.section(f"shift: {run.name}")
     sec.tables.append(("summary", [_flat(summary)]))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nnshift.cli.common import Command, add_allow_partial, add_model_args, finite_float, float_list
-from nnshift.cli.loaders import load_acts, load_model, write_json
+from nnshift.cli.loaders import load_acts, load_artifact, load_model, write_json
 
 __all__ = ["COMMAND", "write_figures"]
 
@@ -67,7 +67,7 @@ def write_figures(report: Any, sweep: Any, out: Path) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Pair, analyse, save the report, its summary and figures."""
     import nnshift as ns
-    from nnshift.cli.common import CliError, require
+    from nnshift.cli.common import CliError
 
     if args.model is None and args.lora is not None:
         raise CliError("--lora applies to --model", "add --model (the model to ground the concepts with)")
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     acts_a = load_acts(args.acts_a, "--acts-a", allow_partial=args.allow_partial)
     acts_b = load_acts(args.acts_b, "--acts-b", allow_partial=args.allow_partial)
     acts_a, acts_b = ns.pair(acts_a, acts_b)
-    dico_a = ns.concepts.ConceptDictionary.load(require(args.dico_a, "--concepts-a", "dir"))
-    dico_b = ns.concepts.ConceptDictionary.load(require(args.dico_b, "--concepts-b", "dir"))
+    dico_a = load_artifact(ns.concepts.ConceptDictionary.load, args.dico_a, "--concepts-a")
+    dico_b = load_artifact(ns.concepts.ConceptDictionary.load, args.dico_b, "--concepts-b")
     vlm = load_model(args) if args.model else None
     report = ns.shift.analyze(acts_a, acts_b, dico_a, dico_b, alpha=args.alpha, vlm=vlm)
     out = Path(args.out)

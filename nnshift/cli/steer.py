@@ -19,7 +19,15 @@ from nnshift.cli.common import (
     positive_int,
     require,
 )
-from nnshift.cli.loaders import load_acts, load_data, load_model, remote_kwargs, write_answers, write_json
+from nnshift.cli.loaders import (
+    load_acts,
+    load_artifact,
+    load_data,
+    load_model,
+    remote_kwargs,
+    write_answers,
+    write_json,
+)
 
 __all__ = ["COMMAND"]
 
@@ -113,7 +121,7 @@ def _load_saved_vector(path: str) -> Any:
     folder = require(path, "--vector folder", "dir")
     if (folder / "vectors.json").exists() and not (folder / "vector.json").exists():
         raise CliError(f"{folder} holds several vectors (save_vectors)", "pass the folder of one SteeringVector.save")
-    return ns.steering.SteeringVector.load(folder)
+    return load_artifact(ns.steering.SteeringVector.load, path, "--vector")
 
 
 def _make_vector(args: argparse.Namespace, kind: str) -> Any:
@@ -126,7 +134,7 @@ def _make_vector(args: argparse.Namespace, kind: str) -> Any:
         load = getattr(ns.steering.Patch, "load", None)
         if load is None:
             raise CliError("--patch: this version of nnshift cannot load saved patches", "use --vector")
-        return load(require(args.patch, "--patch folder", "dir"))
+        return load_artifact(load, args.patch, "--patch")
     partial = args.allow_partial
     if kind == "coarse":
         return ns.steering.coarse(
@@ -138,8 +146,8 @@ def _make_vector(args: argparse.Namespace, kind: str) -> Any:
         if kind == "target_answer":
             return ns.steering.target_answer(acts, args.source_answer, args.target_answer, match=args.match)
         return ns.steering.answer_type_vector(acts, args.source_type, args.target_type)
-    dico = ns.concepts.ConceptDictionary.load(require(args.concepts, "--concepts", "dir"))
     i, j = _fine_pair(args.fine)
+    dico = load_artifact(ns.concepts.ConceptDictionary.load, args.concepts, "--concepts")
     return ns.steering.fine(dico, i, j)
 
 
@@ -147,7 +155,7 @@ def _by_impact(args: argparse.Namespace, vlm: Any, samples: list[Any], alpha: fl
     """Rank every fine pair of --concepts by impact on the samples; write impact.json; return the best vector."""
     import nnshift as ns
 
-    dico = ns.concepts.ConceptDictionary.load(require(args.concepts, "--concepts", "dir"))
+    dico = load_artifact(ns.concepts.ConceptDictionary.load, args.concepts, "--concepts")
     candidates = ns.steering.fine_all(dico, layer=args.layer)
     chosen = samples[: args.impact_samples] if args.impact_samples else samples
     ranked = ns.steering.by_impact(
