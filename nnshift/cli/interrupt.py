@@ -40,9 +40,8 @@ def _close_progress_bars() -> bool:
 
 def report_interrupt() -> None:
     """Print the interrupt message on a line of its own (after clearing any progress bar)."""
-    had_bar = _close_progress_bars()
-    lead = "\n" if had_bar or sys.stderr.isatty() else ""
-    sys.stderr.write(f"{lead}{INTERRUPTED}\n")
+    _close_progress_bars()
+    sys.stderr.write(f"\n{INTERRUPTED}\n")  # a line of its own, even after a half-written progress line
     sys.stderr.flush()
 
 
@@ -55,8 +54,8 @@ def _exit_now(signum: int, frame: FrameType | None) -> None:
 
 def quiet_while_importing() -> None:
     """In the `nnshift` process, make Ctrl-C exit 130 quietly until `restore` is called."""
-    if not is_cli_process():
-        return
+    if not is_cli_process() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return  # not the command, or Ctrl-C is ignored on purpose (e.g. a background job)
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGINT, _exit_now)
 

@@ -189,17 +189,17 @@ def run(args: argparse.Namespace) -> int:
     positions = "all" if args.positions is None else args.positions
     remote = remote_kwargs(ns.steer, args, "steer")
     made = None if kind == "by_impact" else _make_vector(args, kind)
+    layer = args.layer if args.layer is not None or made is None else getattr(made, "layer", None)
+    if layer is None and kind not in ("by_impact", "patch"):
+        raise CliError("the vector has no layer", "pass --layer")
     samples = load_data(args)
     vlm = load_model(args)
     if kind == "by_impact":
         made = _by_impact(args, vlm, samples, alpha, positions)
-    if kind == "patch":
-        patch, layer = made, getattr(made, "layer", None)
-    else:
         layer = args.layer if args.layer is not None else made.layer
         if layer is None:
-            raise CliError("the vector has no layer", "pass --layer")
-        patch = made.patch(alpha=alpha, positions=positions, layer=layer)
+            raise CliError("the concept dictionary records no layer", "pass --layer")
+    patch = made if kind == "patch" else made.patch(alpha=alpha, positions=positions, layer=layer)
     answers = ns.steer(vlm, samples, patch, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, **remote)
     out = Path(args.out)
     made.save(out / ("patch" if kind == "patch" else "vector"))
