@@ -354,3 +354,24 @@ def test_ctrl_c_in_a_command_exits_130_on_its_own_line(capsys, monkeypatch):
     rc, _, err = run_cli(capsys, "demo")
     assert rc == 130 and "Traceback" not in err
     assert INTERRUPTED in err.splitlines(), err
+
+
+def test_store_verify_and_repair_call_the_library(capsys, monkeypatch, tmp_path):
+    seen = []
+
+    def verify(path):
+        seen.append(("verify", path))
+        return ["shard-00001: checksum mismatch"] if len(seen) == 1 else []
+
+    def repair(path):
+        seen.append(("repair", path))
+        return ["dropped shard-00001 (4 samples)"]
+
+    monkeypatch.setattr(ns.store, "verify_store", verify, raising=False)
+    monkeypatch.setattr(ns.store, "repair_store", repair, raising=False)
+    rc, out, _ = run_cli(capsys, "store", "verify", tmp_path)
+    assert rc == 1 and "checksum mismatch" in out and "1 problem" in out
+    rc, out, _ = run_cli(capsys, "store", "repair", tmp_path)
+    assert rc == 0 and "dropped shard-00001" in out
+    assert run_cli(capsys, "store", "verify", tmp_path)[0] == 0
+    assert [s[0] for s in seen] == ["verify", "repair", "verify"] and all(s[1] == tmp_path for s in seen)

@@ -16,6 +16,7 @@ from nnshift.cli.common import (
     finite_float,
     layer_int,
     name_list,
+    non_negative_int,
     positive_int,
     require,
 )
@@ -66,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="with --by-impact: rank the pairs on the first N samples (default: all)",
     )
+    g.add_argument(
+        "--max-targets",
+        type=non_negative_int,
+        default=1,
+        help="with --by-impact: keep pairs that steer to at most this many answers, 0 = any (default: 1)",
+    )
     add_allow_partial(p)
     p.add_argument("--layer", type=layer_int, default=None, help="layer to steer (default: the vector's layer)")
     p.add_argument("--alpha", type=finite_float, default=None, help="steering strength (default: 1)")
@@ -101,8 +108,8 @@ def _kind(args: argparse.Namespace) -> str:
         raise CliError(f"{kind.replace('_', ' ')} needs --acts (the captured activations)", "add --acts")
     if kind in ("fine", "by_impact") and args.concepts is None:
         raise CliError(f"{kind.replace('_', ' ')} needs --concepts (a concept dictionary)", "add --concepts")
-    if kind != "by_impact" and args.impact_samples is not None:
-        raise CliError("--impact-samples applies to --by-impact", "drop it")
+    if kind != "by_impact" and (args.impact_samples is not None or args.max_targets != 1):
+        raise CliError("--impact-samples and --max-targets apply to --by-impact", "drop them")
     if kind == "patch" and (args.alpha is not None or args.positions is not None or args.layer is not None):
         raise CliError("a saved --patch carries its own alpha, positions and layer", "drop --alpha/--positions/--layer")
     return kind
@@ -166,6 +173,7 @@ def _by_impact(args: argparse.Namespace, vlm: Any, samples: list[Any], alpha: fl
         positions=positions,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        max_targets=args.max_targets or None,
     )
     if not ranked:
         raise CliError(
