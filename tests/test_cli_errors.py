@@ -1,5 +1,6 @@
 """The `nnshift` command on bad input: one line with a hint on stderr, exit 2, no traceback; Ctrl-C exits 130."""
 
+import argparse
 import json
 import os
 import signal
@@ -375,3 +376,54 @@ def test_store_verify_and_repair_call_the_library(capsys, monkeypatch, tmp_path)
     assert rc == 0 and "dropped shard-00001" in out
     assert run_cli(capsys, "store", "verify", tmp_path)[0] == 0
     assert [s[0] for s in seen] == ["verify", "repair", "verify"] and all(s[1] == tmp_path for s in seen)
+
+
+def data_args(path, images, **kw):
+    base = {"data": str(path), "annotations": None, "images": str(images), "limit": None, "seed": None}
+    return argparse.Namespace(**base | {"answer_types": None, "split": None} | kw)
+
+
+def test_split_selects_karpathy_images(tmp_path):
+    from nnshift.cli.loaders import load_data
+
+    images = [
+        {"cocoid": i, "filename": f"{i}.jpg", "filepath": "", "split": split, "sentences": [{"raw": f"cap {i}"}]}
+        for i, split in enumerate(["train", "test", "train", "val"])
+    ]
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images}))
+    samples = load_data(data_args(tmp_path / "dataset_coco.json", tmp_path, split="train"))
+    assert [s.id for s in samples] == ["coco/0", "coco/2"]
+    assert len(load_data(data_args(tmp_path / "dataset_coco.json", tmp_path))) == 4
+    with pytest.raises(cli.CliError, match="no such split"):
+        load_data(data_args(tmp_path / "dataset_coco.json", tmp_path, split="restval"))
+
+
+def test_answer_types_select_vqav2_questions(tmp_path):
+    from nnshift.cli.loaders import load_data
+
+    types = ["yes/no", "number", "other", "yes/no"]
+    questions = [{"question_id": i, "image_id": 1, "question": f"q{i}"} for i in range(4)]
+    anns = [
+        {"question_id": i, "answer_type": t, "multiple_choice_answer": "a", "answers": [{"answer": "a"}]}
+        for i, t in enumerate(types)
+    ]
+    (tmp_path / "v2_questions.json").write_text(json.dumps({"questions": questions}))
+    (tmp_path / "v2_annotations.json").write_text(json.dumps({"annotations": anns}))
+    kw = {"annotations": str(tmp_path / "v2_annotations.json")}
+    samples = load_data(data_args(tmp_path / "v2_questions.json", tmp_path, answer_types=["yes/no", "number"], **kw))
+    assert [s.id for s in samples] == ["vqav2/0", "vqav2/1", "vqav2/3"]
+    with pytest.raises(cli.CliError, match="needs the VQAv2 annotations"):
+        load_data(data_args(tmp_path / "v2_questions.json", tmp_path, answer_types=["number"]))
+
+
+@pytest.mark.parametrize(
+    ("file", "content"),
+    [("manifest.json", "null"), ("manifest.json", "[]"), ("manifest.json", "{}"), ("activations.json", "null")],
+)
+def test_broken_store_or_activations_is_a_clear_error(capsys, tmp_path, file, content):
+    acts = ns.Activations(torch.randn(6, 4), [f"s{i}" for i in range(6)], [""] * 6, [{}] * 6, info={"layer": 1})
+    folder = tmp_path / "acts"
+    acts.save(folder)
+    (folder / file).write_text(content)
+    one_line_error(*run_cli(capsys, "concepts", "--acts", folder, "--k", "2", "--out", tmp_path / "d")[::2], "acts")
+    assert not (tmp_path / "d").exists()
