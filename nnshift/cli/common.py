@@ -150,7 +150,7 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True, remote: bo
     p.add_argument(
         "--device",
         default="auto",
-        help="cpu, cuda, cuda:N or auto (default: auto = cuda when a GPU is visible, else cpu)",
+        help="cpu, cuda, cuda:N or auto (default: auto = the visible GPU(s) when there is one, else cpu)",
     )
     p.add_argument(
         "--dtype",

@@ -36,7 +36,7 @@ def resolve_device(device: str | None) -> str | None:
 
     d = (device or "auto").strip().lower()
     if d == "auto":
-        return "cuda" if torch.cuda.is_available() else None
+        return "auto" if torch.cuda.is_available() else None  # HF places the layers on the visible GPU(s)
     if d == "cpu":
         return None
     if d == "cuda" or d.startswith("cuda:"):
