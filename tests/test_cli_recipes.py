@@ -219,3 +219,27 @@ def test_store_verify_and_repair(caps):
     assert cli.main(["store", "verify", str(broken)]) == 1
     assert cli.main(["store", "repair", str(broken)]) == 0
     assert cli.main(["store", "verify", str(broken)]) == 0
+
+
+def test_steer_applies_a_saved_patch(acts, tmp_path):
+    if not (hasattr(ns.steering.Patch, "save") and hasattr(ns.steering.Patch, "load")):
+        pytest.skip("Patch.save / Patch.load are not in this version")
+    root = acts
+    vec = ns.steering.coarse(load_activations(root / "yn"), load_activations(root / "num"))
+    patch = vec.patch(2.0, "all", layer=3)
+    patch.save(tmp_path / "patch")
+    data = ["--data", root / "vqa.jsonl", "--limit", "3"]
+    run_ok(
+        "steer",
+        "--model",
+        "shapes-base",
+        "--max-new-tokens",
+        "3",
+        *data,
+        "--patch",
+        tmp_path / "patch",
+        "--out",
+        tmp_path / "o",
+    )
+    samples = ns.data.load_jsonl(root / "vqa.jsonl")[:3]
+    assert steered(tmp_path / "o") == ns.steer(ns.zoo.load("shapes-base"), samples, patch, max_new_tokens=3)

@@ -32,7 +32,7 @@ def _baseline(path: str, samples: list[Any]) -> list[str]:
     return [base[s.id] for s in samples]
 
 
-def metrics(rows: list[dict[str, Any]], baseline: str | None, target: str | None, style: str | None) -> dict:
+def metrics(rows: list[dict[str, Any]], baseline: str | None, target: str | None, style: str | None) -> dict[str, Any]:
     """The metrics of answers ``rows`` (with the baseline's answers when given)."""
     import nnshift as ns
 

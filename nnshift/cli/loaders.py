@@ -192,7 +192,8 @@ def load_acts(path: str | None, what: str, layer: int | None = None, allow_parti
         return load_artifact(lambda folder: ns.load_activations(folder, layer), path, what)
     if "allow_partial" not in inspect.signature(ns.load_activations).parameters:
         raise CliError("--allow-partial: this version of nnshift cannot read partial stores", "drop --allow-partial")
-    return load_artifact(lambda folder: ns.load_activations(folder, layer, allow_partial=True), path, what)
+    partial: dict[str, Any] = {"allow_partial": True}  # the keyword is newer than some nnshift.store versions
+    return load_artifact(lambda folder: ns.load_activations(folder, layer, **partial), path, what)
 
 
 def write_json(path: Path, doc: Any) -> None:

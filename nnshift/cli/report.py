@@ -80,7 +80,7 @@ def _capture(rep: Any, run: Path) -> dict[str, Any]:
 def _activations(rep: Any, run: Path) -> dict[str, Any]:
     doc = _read_json(run / "activations.json")
     info = doc.get("info", {}) if isinstance(doc.get("info"), dict) else {}
-    row = {"rows": len(doc.get("ids", []) or []), "skipped": len(doc.get("skipped", []) or [])}
+    row: dict[str, Any] = {"rows": len(doc.get("ids", []) or []), "skipped": len(doc.get("skipped", []) or [])}
     row |= {k: info.get(k) for k in ("model", "lora", "layer", "positions") if k in info}
     rep.section(f"activations: {run.name}").tables.append(("saved activations", [row]))
     return row

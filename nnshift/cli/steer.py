@@ -163,7 +163,7 @@ def _by_impact(args: argparse.Namespace, vlm: Any, samples: list[Any], alpha: fl
     import nnshift as ns
 
     dico = load_artifact(ns.concepts.ConceptDictionary.load, args.concepts, "--concepts")
-    candidates = ns.steering.fine_all(dico, layer=args.layer)
+    candidates: dict[Any, Any] = dict(ns.steering.fine_all(dico, layer=args.layer))
     chosen = samples[: args.impact_samples] if args.impact_samples else samples
     ranked = ns.steering.by_impact(
         vlm,
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     alpha = 1.0 if args.alpha is None else args.alpha
     positions = "all" if args.positions is None else args.positions
     remote = remote_kwargs(ns.steer, args, "steer")
-    made = None if kind == "by_impact" else _make_vector(args, kind)
+    made: Any = None if kind == "by_impact" else _make_vector(args, kind)
     layer = args.layer if args.layer is not None or made is None else getattr(made, "layer", None)
     if layer is None and kind not in ("by_impact", "patch"):
         raise CliError("the vector has no layer", "pass --layer")
