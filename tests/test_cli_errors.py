@@ -422,6 +422,11 @@ def test_broken_store_or_activations_is_a_clear_error(capsys, tmp_path, file, co
     assert not (tmp_path / "d").exists()
 
 
+def test_remote_with_a_local_model_folder_is_refused(capsys, data, tmp_path):
+    args = ["capture", "--model", tmp_path, "--data", data, "--remote", "--out", tmp_path / "o"]
+    one_line_error(*run_cli(capsys, *args)[::2], "--remote", "local folder")
+
+
 def test_remote_is_refused_where_the_library_cannot_run_remotely(capsys, data, tmp_path):
     import inspect
 

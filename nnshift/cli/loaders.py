@@ -73,6 +73,11 @@ def validate_model_args(args: argparse.Namespace) -> None:
         return
     check_dtype(getattr(args, "dtype", "auto"))
     resolve_device(getattr(args, "device", "auto"))
+    if getattr(args, "remote", False) and Path(str(args.model)).exists():
+        raise CliError(
+            f"--remote: NDIF loads models by hub id; {args.model} is a local folder",
+            "pass the hub id, or drop --remote",
+        )
     if getattr(args, "lora", None) is not None:
         require(args.lora, "--lora adapter folder", "dir")
 
