@@ -1,5 +1,9 @@
 """nnshift: concepts, fine-tuning shifts and steering of multimodal LLMs, on nnsight and TransformerLens."""
 
+from nnshift.cli import interrupt as _interrupt  # noqa: F401  (the `nnshift` command: Ctrl-C while importing exits 130)
+
+# isort: split
+
 from nnshift import concepts, data, errors, evaluate, models, plots, positions, shift, steering, zoo
 from nnshift._version import __version__
 from nnshift.capture import capture

@@ -136,15 +136,24 @@ def merged_path(name: str, cache_dir: str | Path | None = None) -> Path:
     return target
 
 
-def load(name: str, merged: bool = False, **kwargs: Any) -> Any:
+def load(name: str, merged: bool = False, *, lora: str | Path | None = None, **kwargs: Any) -> Any:
     """Load a zoo model with ``nnshift.load``: shapes-base as is, a fine-tune as base + LoRA (merged if asked).
 
-    ``merged_path(name)`` gives a full-model folder with the adapter merged in, for tools that want a folder.
+    ``lora`` puts your own PEFT adapter on shapes-base (a fine-tune already carries its adapter: refused);
+    every other keyword (``dtype``, ``device_map``, ...) goes to ``nnshift.load``. ``merged_path(name)`` gives a
+    full-model folder with the adapter merged in, for tools that want a folder.
     """
     _check(name)
     from nnshift.models import load as _load
 
     adapter = adapter_path(name)
+    if lora is not None and adapter is not None:
+        raise ZooError(
+            f"{name} is shapes-base with its own LoRA adapter; a second adapter ({lora}) cannot be stacked on it",
+            f"load shapes-base with lora={str(lora)!r}, or load {name} without lora=",
+        )
+    if lora is not None:
+        adapter = Path(lora)
     if adapter is None:
         return _load(str(base_path(name)), **kwargs)
     if merged:
