@@ -6,7 +6,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
+import shutil
 import struct
+import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -149,10 +152,74 @@ def detach_lora(model: nn.Module) -> None:
         del model.peft_config
 
 
+_LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<tail>lora_\w+(?:\.\w+)?)$")
+
+
+def _module_of(key: str) -> tuple[str, str | None]:
+    """(module path, LoRA tail) of a saved key without the PEFT prefix; tail None for a full weight (modules_to_save)."""
+    m = _LORA_KEY.match(key)
+    return (m["module"], m["tail"]) if m else (key.rsplit(".", 1)[0], None)
+
+
+def _renamed_keys(hf: nn.Module, keys: list[str]) -> dict[str, str] | None:
+    """Old-layout adapter keys -> this model's names, by transformers' own checkpoint renaming; None if not needed.
+
+    PEFT renames older LoRA keys for some families only and never `modules_to_save` weights (a KeyError), so an
+    adapter trained before transformers moved the language model under ``model.language_model`` is renamed here
+    with the rules transformers uses to load such a checkpoint's own weights.
+    """
+    modules = {n for n, _ in hf.named_modules()}
+    stripped = {k: k.removeprefix(_PREFIX) for k in keys}
+    if all(_module_of(s)[0] in modules for s in stripped.values()):
+        return None
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # pragma: no cover - transformers without weight renaming
+        return None
+    conv = get_model_conversion_mapping(hf)
+    renamings = [c for c in conv if isinstance(c, WeightRenaming)]
+    converters = [c for c in conv if isinstance(c, WeightConverter)]
+    params = dict(hf.state_dict())
+    out: dict[str, str] = {}
+    for key, short in stripped.items():
+        module, tail = _module_of(short)
+        source = f"{module}.weight" if tail is not None else short
+        target = rename_source_key(source, renamings, converters, hf.base_model_prefix, params)[0]
+        new = f"{target.removesuffix('.weight')}.{tail}" if tail is not None else target
+        if _module_of(new)[0] not in modules:
+            return None  # renaming does not explain this adapter: let PEFT and the landing check speak
+        out[key] = (_PREFIX if key.startswith(_PREFIX) else "") + new
+    return out if any(k != v for k, v in out.items()) else None
+
+
+@contextlib.contextmanager
+def _in_model_layout(hf: nn.Module, lora: str) -> Iterator[str]:
+    """The adapter folder, or a temporary copy whose weight names are renamed to `hf`'s layout."""
+    folder = Path(lora)
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        yield lora
+        return
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(weights)
+    renamed = _renamed_keys(hf, list(state))
+    if renamed is None:
+        yield lora
+        return
+    _log.info("LoRA %s: weight names renamed from an older transformers layout", lora)
+    with tempfile.TemporaryDirectory(prefix="nnshift-lora-") as tmp:
+        shutil.copy(folder / "adapter_config.json", Path(tmp) / "adapter_config.json")
+        save_file({renamed[k]: v for k, v in state.items()}, Path(tmp) / weights.name, metadata={"format": "pt"})
+        yield tmp
+
+
 def attach_lora(hf: nn.Module, lora: str, *, name: str) -> Any:
     """Inject the adapter into `hf` in place with `PeftModel.from_pretrained` (returned); refuse weights that miss."""
-    peft_model = _peft_from_pretrained(hf, lora, name)
-    unplaced, total = _unplaced(peft_model, lora)
+    with _in_model_layout(hf, lora) as source:
+        peft_model = _peft_from_pretrained(hf, source, name)
+        unplaced, total = _unplaced(peft_model, source)
     if unplaced:
         detach_lora(hf)  # the model must not stay half-adapted
         what = "none" if len(unplaced) == total else f"{total - len(unplaced)} of {total}"
