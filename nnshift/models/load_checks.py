@@ -213,7 +213,8 @@ def _device_ok(value: Any) -> tuple[bool, str]:
         return torch.cuda.is_available() and index < torch.cuda.device_count(), text
     if dev.type == "mps":
         return bool(torch.backends.mps.is_available()), text
-    return dev.type == "cpu" or hasattr(torch, dev.type), text
+    available = getattr(getattr(torch, dev.type, None), "is_available", None)
+    return (dev.type == "cpu" or (callable(available) and bool(available()))), text
 
 
 def check_device(device_map: Any) -> None:

@@ -82,13 +82,11 @@ def load(
         load_kwargs["dtype"] = dtype_value
     if device_map is not None:
         load_kwargs["device_map"] = device_map
-    if isinstance(model, (Envoy, nn.Module)) or not isinstance(model, (str, Path)):
-        if not isinstance(model, (Envoy, nn.Module)):
-            raise UnsupportedModelError(
-                f"ns.load got a {type(model).__name__}",
-                "pass a hub id, a folder, a transformers model or an nnsight model",
-            )
-    else:
+    if not isinstance(model, (Envoy, nn.Module, str, Path)):
+        raise UnsupportedModelError(
+            f"ns.load got a {type(model).__name__}", "pass a hub id, a folder, a transformers model or an nnsight model"
+        )
+    if isinstance(model, (str, Path)):
         check_model_folder(str(model), need_weights=dispatch)
     lora_req = LoraRequest(lora, merge)
     with quiet_loading(verbose):
@@ -157,6 +155,7 @@ def _load_path(
     ad = adapter or adapter_for(list(getattr(config, "architectures", None) or [type(config).__name__]), what=name)
     if lora.folder is not None:
         check_lora_shapes(meta_model(config, ad.task), lora.folder, lora.config, name)
+        lora.shapes_checked = True
     cls = nnsight_class(ad)
     if ad.multimodal and processor is None:
         from nnshift.models.processors import load_processor

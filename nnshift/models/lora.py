@@ -238,12 +238,13 @@ class LoraRequest:
         self.path = None if lora is None else str(lora)
         self.merge = merge and self.path is not None
         self.folder, self.config = (None, {}) if self.path is None else check_lora_folder(self.path)
+        self.shapes_checked = False
 
     def apply(self, hf: nn.Module, name: str) -> nn.Module:
         """`hf` with the adapter injected in place (or merged into its weights), after a shape check."""
         if self.path is None:
             return hf
-        if self.folder is not None:
+        if self.folder is not None and not self.shapes_checked:
             check_lora_shapes(hf, self.folder, self.config, name)
         peft_model = attach_lora(hf, self.path, name=name)
         return peft_model.merge_and_unload() if self.merge else hf
