@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,66 +20,24 @@ from nnshift.errors import (
     UnsupportedModelError,
 )
 from nnshift.models.adapter import ModelAdapter, resolve_module
+from nnshift.models.building import (
+    DTypeLike,
+    build_nnsight,
+    load_hf,
+    nnsight_class,
+    quiet_loading,
+    torch_dtype,
+    unwrap_peft,
+)
+from nnshift.models.building import architectures_of as _architectures_of
+from nnshift.models.load_checks import check_device, check_model_folder, read_config
+from nnshift.models.lora import LoraRequest, LoraSwitch, check_lora_shapes, meta_model
 from nnshift.models.processors import render_chat
 from nnshift.models.registry import REGISTER_HINT, adapter_for
 
 __all__ = ["VLM", "load", "DTypeLike"]
 
-DTypeLike = str | torch.dtype | None
-
-
-def _torch_dtype(dtype: DTypeLike) -> torch.dtype | str | None:
-    """Normalise "float32" / "bf16" / torch.dtype / "auto" / None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
-    name = aliases.get(dtype, dtype)
-    if name == "auto":
-        return "auto"
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise NnshiftError(f"unknown dtype {dtype!r}", 'use "float32", "bfloat16", "float16", "auto" or a torch.dtype')
-    return value
-
-
-def _nnsight_class(adapter: ModelAdapter) -> type:
-    """`TransformersModel` for multimodal adapters, `LanguageModel` for text-only ones."""
-    if adapter.multimodal:
-        from nnsight.modeling.transformers import TransformersModel
-
-        return TransformersModel
-    from nnsight import LanguageModel
-
-    return LanguageModel
-
-
-def _build_nnsight(cls: type, source: Any, **kwargs: Any) -> Any:
-    """Construct the nnsight model, silencing LanguageModel's deprecation warning (it is kept on purpose)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
-        return cls(source, **kwargs)
-
-
-def _architectures_of(model: nn.Module) -> list[str]:
-    """The class name of an HF module, then the names in its config."""
-    names = [type(model).__name__]
-    names += list(getattr(getattr(model, "config", None), "architectures", None) or [])
-    return names
-
-
-def _unwrap_peft(model: nn.Module) -> nn.Module:
-    """The base HF model under a peft PeftModel wrapper (LoRA layers stay injected in it)."""
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base) and type(model).__name__.startswith("Peft"):
-        return get_base()
-    return model
-
-
-def _merge_lora(hf: nn.Module, lora: str | Path) -> nn.Module:
-    """Load the PEFT adapter on `hf` and merge it into the weights (a plain HF model comes back)."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(hf, str(lora)).merge_and_unload()
+_torch_dtype = torch_dtype  # the old private name (tests import it)
 
 
 def load(
@@ -90,19 +46,24 @@ def load(
     *,
     dtype: DTypeLike = "auto",
     device_map: str | dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
     merge: bool = False,
     tokenizer: Any = None,
     processor: Any = None,
     adapter: ModelAdapter | None = None,
     dispatch: bool = True,
+    verbose: bool = False,
     **from_pretrained_kwargs: Any,
 ) -> VLM:
     """Load a supported model (hub id, folder, HF model object or nnsight model) as a `VLM`.
 
-    ``lora`` injects a PEFT adapter in place (module paths unchanged; toggle with ``vlm.lora_enabled`` /
-    ``vlm.lora_disabled()``); ``merge=True`` merges it into the weights instead. ``adapter`` overrides the
-    registry lookup. ``dispatch=False`` (hub id or folder only) builds nnsight's weightless meta model, for remote
-    execution on NDIF; the weights load on the first local trace.
+    ``lora`` injects a PEFT adapter in place, exactly as ``PeftModel.from_pretrained`` loads it (module paths
+    unchanged; toggle with ``vlm.lora_enabled`` / ``vlm.lora_disabled()``); ``merge=True`` merges it into the
+    weights instead. ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``) is a shorthand for ``device_map``. ``adapter``
+    overrides the registry lookup. ``dispatch=False`` (hub id or folder only) builds nnsight's weightless meta
+    model, for remote execution on NDIF; the weights load on the first local trace. ``verbose`` shows
+    transformers' weight-loading progress bars. Paths, configs, weights, the adapter and the device are checked
+    before any weights are read.
     """
     from nnsight.intervention.envoy import Envoy
 
@@ -110,80 +71,110 @@ def load(
         if lora is not None:
             raise NnshiftError("lora= cannot be applied to an already-loaded VLM", "call ns.load(path, lora=...)")
         return model
-    torch_dtype = _torch_dtype(dtype)
+    if device is not None:
+        if device_map is not None:
+            raise NnshiftError("both device= and device_map= given", "pass one of them")
+        device_map = str(device)
+    check_device(device_map)
+    dtype_value = torch_dtype(dtype)
     load_kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
-    if torch_dtype is not None:
-        load_kwargs["dtype"] = torch_dtype
+    if dtype_value is not None:
+        load_kwargs["dtype"] = dtype_value
     if device_map is not None:
         load_kwargs["device_map"] = device_map
-    lora_path = None if lora is None else str(lora)
-
-    if isinstance(model, Envoy):
-        hf = model._module
-        ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__)
-        if lora_path is not None:
-            if merge:
-                raise NnshiftError(
-                    "merge=True needs the HF model, not an nnsight model", "pass the folder or the HF model to ns.load"
-                )
-            model.load_adapter(lora_path)
-        name = str(getattr(model, "repo_id", None) or getattr(hf.config, "name_or_path", "") or type(hf).__name__)
-        return VLM(model, ad, name=name, lora=lora_path)
-
-    if isinstance(model, nn.Module):
-        hf = _unwrap_peft(model)
-        ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__)
-        if isinstance(torch_dtype, torch.dtype):
-            hf = hf.to(torch_dtype)
-        peft_arg = None
-        if lora_path is not None:
-            if merge:
-                hf = _merge_lora(hf, lora_path)
-            else:
-                peft_arg = lora_path
-        name = str(getattr(hf.config, "name_or_path", "") or type(hf).__name__)
-        if ad.multimodal and processor is None:
-            if not Path(name).is_dir():
-                raise NnshiftError(
-                    f"{type(hf).__name__} given as an object with no processor and no local folder to load one from",
-                    "pass processor=AutoProcessor.from_pretrained(...) to ns.load",
-                )
-            from nnshift.models.processors import load_processor
-
-            processor = load_processor(name)
-        nn_model = _build_nnsight(
-            _nnsight_class(ad), hf, task=ad.task, tokenizer=tokenizer, processor=processor, peft=peft_arg
-        )
-        return VLM(nn_model, ad, name=name, lora=lora_path, merged=merge and lora_path is not None)
-
-    if not isinstance(model, (str, Path)):
+    if not isinstance(model, (Envoy, nn.Module, str, Path)):
         raise UnsupportedModelError(
             f"ns.load got a {type(model).__name__}", "pass a hub id, a folder, a transformers model or an nnsight model"
         )
-    name = str(model)
-    from transformers import AutoConfig
+    if isinstance(model, (str, Path)):
+        check_model_folder(str(model), need_weights=dispatch)
+    lora_req = LoraRequest(lora, merge)
+    with quiet_loading(verbose):
+        if isinstance(model, Envoy):
+            return _load_envoy(model, lora_req, adapter)
+        if isinstance(model, nn.Module):
+            return _load_module(model, lora_req, adapter, dtype_value, tokenizer, processor)
+        return _load_path(str(model), lora_req, adapter, load_kwargs, tokenizer, processor, dispatch)
 
-    config = AutoConfig.from_pretrained(name, trust_remote_code=load_kwargs.get("trust_remote_code", False))
+
+def _load_envoy(model: Any, lora: LoraRequest, adapter: ModelAdapter | None) -> VLM:
+    """An nnsight model given as is (the adapter, if any, injected into its module)."""
+    hf = model._module
+    ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__)
+    name = str(getattr(model, "repo_id", None) or getattr(hf.config, "name_or_path", "") or type(hf).__name__)
+    if lora.path is not None:
+        if lora.merge:
+            raise NnshiftError(
+                "merge=True needs the HF model, not an nnsight model", "pass the folder or the HF model to ns.load"
+            )
+        lora.apply(hf, name)
+        model._update(model._module)  # rebuild the envoy tree over the injected layers
+        model.peft = lora.path
+    return VLM(model, ad, name=name, lora=lora.path)
+
+
+def _load_module(
+    model: nn.Module, lora: LoraRequest, adapter: ModelAdapter | None, dtype: Any, tokenizer: Any, processor: Any
+) -> VLM:
+    """A transformers model object (a PeftModel is unwrapped, its LoRA layers kept)."""
+    hf = unwrap_peft(model)
+    ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__)
+    if isinstance(dtype, torch.dtype):
+        hf = hf.to(dtype)
+    name = str(getattr(hf.config, "name_or_path", "") or type(hf).__name__)
+    hf = lora.apply(hf, name)
+    if ad.multimodal and processor is None:
+        if not Path(name).is_dir():
+            raise NnshiftError(
+                f"{type(hf).__name__} given as an object with no processor and no local folder to load one from",
+                "pass processor=AutoProcessor.from_pretrained(...) to ns.load",
+            )
+        from nnshift.models.processors import load_processor
+
+        processor = load_processor(name)
+    source = getattr(hf.config, "name_or_path", "") or None
+    nn_model = build_nnsight(
+        nnsight_class(ad), hf, source_name=source, task=ad.task, tokenizer=tokenizer, processor=processor
+    )
+    if lora.path is not None and not lora.merge:
+        nn_model.peft = lora.path
+    return VLM(nn_model, ad, name=name, lora=lora.path, merged=lora.merge)
+
+
+def _load_path(
+    name: str,
+    lora: LoraRequest,
+    adapter: ModelAdapter | None,
+    load_kwargs: dict[str, Any],
+    tokenizer: Any,
+    processor: Any,
+    dispatch: bool,
+) -> VLM:
+    """A hub id or a local folder (checked already)."""
+    config = read_config(name, load_kwargs)
     ad = adapter or adapter_for(list(getattr(config, "architectures", None) or [type(config).__name__]), what=name)
-    cls = _nnsight_class(ad)
+    if lora.folder is not None:
+        check_lora_shapes(meta_model(config, ad.task), lora.folder, lora.config, name)
+        lora.shapes_checked = True
+    cls = nnsight_class(ad)
     if ad.multimodal and processor is None:
         from nnshift.models.processors import load_processor
 
         processor = load_processor(name)
     pre = {"tokenizer": tokenizer, "processor": processor}
-    pre = {k: v for k, v in pre.items() if v is not None}
-    if lora_path is not None and merge:
-        from transformers.pipelines import check_task
-
-        auto = check_task(ad.task)[1]["pt"][0]
-        hf = _merge_lora(auto.from_pretrained(name, **load_kwargs), lora_path)
-        nn_model = _build_nnsight(cls, hf, task=ad.task, **pre)
+    if lora.path is not None and (dispatch or lora.merge):
+        hf = lora.apply(load_hf(name, ad.task, **load_kwargs), name)
+        nn_model = build_nnsight(cls, hf, source_name=name, task=ad.task, **pre)
+        if not lora.merge:
+            nn_model.peft = lora.path
     else:
-        nn_model = _build_nnsight(cls, name, task=ad.task, dispatch=dispatch, peft=lora_path, **pre, **load_kwargs)
-    return VLM(nn_model, ad, name=name, lora=lora_path, merged=merge and lora_path is not None)
+        nn_model = build_nnsight(
+            cls, name, source_name=name, task=ad.task, dispatch=dispatch, peft=lora.path, **pre, **load_kwargs
+        )
+    return VLM(nn_model, ad, name=name, lora=lora.path, merged=lora.merge)
 
 
-class VLM:
+class VLM(LoraSwitch):
     """A loaded model: the nnsight model (`model`), the HF module (`hf`) and the `adapter` that knows its layout."""
 
     def __init__(
@@ -476,40 +467,3 @@ class VLM:
         if isinstance(ids, Tensor):
             ids = ids.reshape(-1).tolist()
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
-
-    # ------------------------------------------------------------------ LoRA
-    def _lora_layers(self) -> list[nn.Module]:
-        """The injected PEFT tuner layers."""
-        try:
-            from peft.tuners.tuners_utils import BaseTunerLayer
-        except ImportError:  # pragma: no cover - peft is a dependency
-            return []
-        return [m for m in self.hf.modules() if isinstance(m, BaseTunerLayer)]
-
-    @property
-    def lora_enabled(self) -> bool:
-        """Whether a LoRA adapter is injected and active."""
-        layers = self._lora_layers()
-        return bool(layers) and any(not m.disable_adapters for m in layers)
-
-    @lora_enabled.setter
-    def lora_enabled(self, value: bool) -> None:
-        layers = self._lora_layers()
-        if not layers:
-            merged = " (it was merged into the weights)" if self.lora_merged else ""
-            raise NnshiftError(
-                f"{self.name} has no LoRA adapter to switch{merged}",
-                "load with ns.load(base, lora=adapter_dir) and merge=False",
-            )
-        for m in layers:
-            m.enable_adapters(bool(value))
-
-    @contextlib.contextmanager
-    def lora_disabled(self) -> Iterator[VLM]:
-        """Run the same weights as the base model inside the block (adapter switched off, then restored)."""
-        previous = self.lora_enabled
-        self.lora_enabled = False
-        try:
-            yield self
-        finally:
-            self.lora_enabled = previous
