@@ -23,6 +23,12 @@ __all__ = [
     "ConceptError",
     "ZooError",
     "SteeringError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelConfigError",
+    "ModelWeightsError",
+    "LoraAdapterError",
+    "DeviceError",
 ]
 
 
@@ -109,3 +115,27 @@ class ZooError(NnshiftError, LookupError):
 
 class SteeringError(NnshiftError, ValueError):
     """Inconsistent steering inputs: vectors from different layers, a patch with no layer, bad per-sample scales."""
+
+
+class ModelLoadError(NnshiftError):
+    """A model or adapter that cannot be loaded: missing folder, broken config, missing weights."""
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """A local model or adapter folder that does not exist."""
+
+
+class ModelConfigError(ModelLoadError, ValueError):
+    """A config.json or adapter_config.json that is missing, not JSON, or not a model config."""
+
+
+class ModelWeightsError(ModelLoadError):
+    """Weight files that are missing or truncated."""
+
+
+class LoraAdapterError(ModelLoadError):
+    """A LoRA adapter that does not fit the base model, or whose weights do not land in it."""
+
+
+class DeviceError(NnshiftError, ValueError):
+    """A device that this machine does not have (e.g. ``"cuda"`` without a GPU)."""

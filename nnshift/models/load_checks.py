@@ -9,7 +9,14 @@ from typing import Any
 
 import torch
 
-from nnshift.errors import NnshiftError
+from nnshift.errors import (
+    DeviceError,
+    LoraAdapterError,
+    ModelConfigError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelWeightsError,
+)
 
 __all__ = [
     "ModelLoadError",
@@ -24,30 +31,6 @@ __all__ = [
     "check_device",
     "read_config",
 ]
-
-
-class ModelLoadError(NnshiftError):
-    """A model or adapter that cannot be loaded: missing folder, broken config, missing weights."""
-
-
-class ModelNotFoundError(ModelLoadError, FileNotFoundError):
-    """A local model or adapter folder that does not exist."""
-
-
-class ModelConfigError(ModelLoadError, ValueError):
-    """A config.json or adapter_config.json that is missing, not JSON, or not a model config."""
-
-
-class ModelWeightsError(ModelLoadError):
-    """Weight files that are missing or truncated."""
-
-
-class LoraAdapterError(ModelLoadError):
-    """A LoRA adapter that does not fit the base model, or whose weights do not land in it."""
-
-
-class DeviceError(NnshiftError, ValueError):
-    """A device that this machine does not have (e.g. ``"cuda"`` without a GPU)."""
 
 
 _HUB_HINT = "a hub id looks like 'org/name'; a local folder must exist (check the path and the working directory)"
