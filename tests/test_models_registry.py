@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,3 +82,27 @@ def test_dtype_parsing() -> None:
     assert _torch_dtype("auto") == "auto" and _torch_dtype(None) is None
     with pytest.raises(NnshiftError, match="unknown dtype"):
         _torch_dtype("float33")
+
+
+_OVERWRITE_FIRST = """
+from nnshift.models import ModelAdapter, register_adapter, supported_architectures
+from nnshift.models.registry import adapter_for
+mine = ModelAdapter(family="mine", architectures=("LlavaForConditionalGeneration",), layers="a.b", final_norm="c")
+register_adapter(mine, overwrite=True)  # before any lookup: the built-ins are not imported yet
+assert adapter_for(["LlavaForConditionalGeneration"]) is mine
+assert adapter_for(["GPT2LMHeadModel"]).family == "gpt2"
+assert "Qwen2VLForConditionalGeneration" in supported_architectures()
+print("OVERWRITE-OK")
+"""
+
+
+def test_overwrite_of_a_builtin_before_the_first_lookup() -> None:
+    """Issue 12: overwrite=True before the built-ins were imported must win, and later lookups must work."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "-c", _OVERWRITE_FIRST], capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert "OVERWRITE-OK" in res.stdout, res.stderr[-3000:]
