@@ -93,8 +93,57 @@ def _build_qwen2_5_vl(folder: Path, **kw: Any) -> Path:
     return _build_qwen_vl(folder, "2.5", **kw)
 
 
+def _qwen3_tokens(tok: Any) -> dict[str, int]:
+    """The placeholder token ids of a Qwen-VL config."""
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def _build_qwen3_vl(folder: Path, moe: bool = False, vision_layers: int = 2, text_layers: int = 2, **_: Any) -> Path:
+    """Tiny Qwen3-VL (or its MoE variant): 64x64 images -> 4x4 patches of 16 -> 4 merged tokens; deepstack at layer 0."""
+    import transformers
+
+    tok = tiny_tokenizer("qwen2", _QWEN_SPECIALS, chat_template=CHATML)
+    ip = transformers.Qwen2VLImageProcessorPil(
+        min_pixels=64 * 64, max_pixels=64 * 64, patch_size=16, merge_size=2, temporal_patch_size=2
+    )
+    vision = {
+        "depth": vision_layers,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "out_hidden_size": 32,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 16,
+        "deepstack_visual_indexes": [0],
+    }
+    text = _qwen_text(len(tok), text_layers)
+    text.update(head_dim=8, rope_parameters={**text["rope_parameters"], "mrope_interleaved": True})
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=1)
+    prefix = "Qwen3VLMoe" if moe else "Qwen3VL"
+    cfg = getattr(transformers, f"{prefix}Config")(text_config=text, vision_config=vision, **_qwen3_tokens(tok))
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(cfg)
+    proc = image_only_processor(transformers.Qwen3VLProcessor, ip, tok, chat_template=CHATML)
+    return finish(model, tok, folder, proc)
+
+
+def _build_qwen3_vl_moe(folder: Path, **kw: Any) -> Path:
+    """Tiny Qwen3VLMoeForConditionalGeneration."""
+    return _build_qwen3_vl(folder, moe=True, **kw)
+
+
 BUILDERS: dict[str, Callable[..., Path]] = {
     "qwen2_vl": _build_qwen2_vl,
     "qwen2_5_vl": _build_qwen2_5_vl,
+    "qwen3_vl": _build_qwen3_vl,
+    "qwen3_vl_moe": _build_qwen3_vl_moe,
 }
-MULTIMODAL: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl")
+MULTIMODAL: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
