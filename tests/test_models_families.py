@@ -28,6 +28,15 @@ FAMILY = {
     "smolvlm": ("idefics3", "SmolVLMForConditionalGeneration"),
     "gemma3": ("gemma3", "Gemma3ForConditionalGeneration"),
     "paligemma": ("paligemma", "PaliGemmaForConditionalGeneration"),
+    "qwen3_vl": ("qwen3_vl", "Qwen3VLForConditionalGeneration"),
+    "qwen3_vl_moe": ("qwen3_vl", "Qwen3VLMoeForConditionalGeneration"),
+    "llava_onevision": ("llava_onevision", "LlavaOnevisionForConditionalGeneration"),
+    "internvl": ("internvl", "InternVLForConditionalGeneration"),
+    "aya_vision": ("aya_vision", "AyaVisionForConditionalGeneration"),
+    "mllama": ("mllama", "MllamaForConditionalGeneration"),
+    "gemma4": ("gemma4", "Gemma4ForConditionalGeneration"),
+    "glm4v": ("glm4v", "Glm4vForConditionalGeneration"),
+    "glm4v_moe": ("glm4v", "Glm4vMoeForConditionalGeneration"),
     "llama": ("llama", "LlamaForCausalLM"),
     "qwen2": ("llama", "Qwen2ForCausalLM"),
     "gpt2": ("gpt2", "GPT2LMHeadModel"),
@@ -64,6 +73,12 @@ def samples_for(vlm: VLM) -> list[Sample]:
         Sample(id="a", prompt="what color is the dog ?", image=tiny_image(0) if with_image else None),
         Sample(id="b", prompt="how many cats", image=tiny_image(1, size=(64, 48)) if with_image else None),
     ]
+
+
+def hidden_states_of(vlm: VLM, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The HF forward's own ``output_hidden_states`` (embeddings, then one entry per decoder block)."""
+    with torch.no_grad():
+        return vlm.hf(**inputs, output_hidden_states=True).hidden_states
 
 
 def resid_by_hook(vlm: VLM, i: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -139,6 +154,13 @@ def test_trace_reads_middle_and_last_residual_and_image_mask(arch: str, root: Pa
     if bool(inputs["attention_mask"][full].all()):
         torch.testing.assert_close(h_mid[full], resid_by_hook(vlm, mid, inputs)[full], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(h_last[full], resid_by_hook(vlm, last, inputs)[full], rtol=1e-4, atol=1e-5)
+    # the model's own output_hidden_states: entry i + 1 is block i's output; the last entry is after the final norm
+    hs = hidden_states_of(vlm, inputs)
+    assert len(hs) == vlm.n_layers + 1
+    if bool(inputs["attention_mask"][full].all()):
+        torch.testing.assert_close(h_mid[full], hs[mid + 1][full], rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            torch.testing.assert_close(vlm._norm(h_last[full]), hs[-1][full], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(vlm.logit_lens(h_last[:, -1]), logits[:, -1].float(), rtol=1e-4, atol=1e-4)
 
 

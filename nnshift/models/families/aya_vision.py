@@ -15,7 +15,7 @@ AYA_VISION = register_adapter(
         final_norm="model.language_model.norm",
         unembed="lm_head",
         image_token_id_attrs=("image_token_index", "image_token_id"),
-        image_token="<image>",
+        image_token="<|IMG_PATCH|>",
         end_of_turn_tokens=("<|END_OF_TURN_TOKEN|>",),
         notes="CohereLabs/aya-vision-*; image tokens are the processor's img_patch_token between <|START_OF_IMG|> and <|END_OF_IMG|>",
     )
