@@ -248,3 +248,89 @@ def test_other_llama_like_causal_lms(config_name: str, model_name: str, root: Pa
         logits = vlm.model.output.logits.save()
     # final norm + unembedding (+ soft-capping for Gemma 2) reproduce the model's logits
     torch.testing.assert_close(vlm.logit_lens(h[:, -1]), logits[:, -1].float(), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- token of interest, steering, remote
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_token_of_interest_in_the_answer(arch: str, root: Path) -> None:
+    """The TOI state is the one whose greedy prediction starts the word, and equals a hooked HF generate's state."""
+    from nnshift import positions as P
+    from nnshift.capture import capture
+
+    vlm = get_vlm(arch, root)
+    samples = samples_for(vlm)
+    inputs = vlm.prepare(samples)
+    n = 6
+    seen: list[torch.Tensor] = []
+    handle = vlm.layer_module(-1).register_forward_hook(
+        lambda _m, _i, o: seen.append(o[0] if isinstance(o, tuple) else o)
+    )
+    try:
+        with torch.no_grad():
+            out = vlm.hf.generate(**inputs, max_new_tokens=n, do_sample=False, pad_token_id=vlm.pad_token_id)
+    finally:
+        handle.remove()
+    plen = inputs["input_ids"].shape[1]
+    states = torch.cat(seen, dim=1)  # [batch, plen + n - 1, d]: prefill, then one position per step
+    gen = out[:, plen:]
+    words = [w for b in range(len(samples)) for w in vlm.decode(gen[b]).split() if w.isalnum()]
+    if not words:
+        pytest.skip(f"{arch}: the random tiny model answered no alphanumeric word")
+    word = words[0]
+    acts = capture(vlm, samples, layer=-1, at=P.token_of_interest(word), max_new_tokens=n, progress=False)
+    assert len(acts) >= 1
+    for row, sid in enumerate(acts.ids):
+        b = [s.id for s in samples].index(sid)
+        k = acts.meta[row]["toi_step"]
+        # gen[k] starts the word: the answer up to it ends with a prefix of the word, the answer before it lacks it
+        assert word.startswith(vlm.tokenizer.decode(gen[b, : k + 1]).split()[-1])
+        assert word not in vlm.tokenizer.decode(gen[b, :k]).split()
+        torch.testing.assert_close(acts.tensor[row], states[b, plen - 1 + k].float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_patch_at_alpha_zero_is_unsteered_and_alpha_changes_the_output(arch: str, root: Path) -> None:
+    from nnshift.generation import run_generation
+    from nnshift.steering import SteeringVector
+
+    vlm = get_vlm(arch, root)
+    inputs = vlm.prepare(samples_for(vlm))
+    vec = SteeringVector(torch.randn(32, generator=torch.Generator().manual_seed(0)) * 8, layer=1)
+    last = vlm.n_layers - 1
+    plain = run_generation(vlm, inputs, 3, layers=[last])
+    runs = {a: run_generation(vlm, inputs, 3, layers=[last], edit=vec.patch(a).bind(vlm, inputs)) for a in (0.0, 4.0)}
+    assert runs[0.0].tokens == plain.tokens
+    assert all(torch.equal(s, p) for s, p in zip(runs[0.0].states[last], plain.states[last], strict=True))
+    assert not torch.equal(runs[4.0].states[last][0], plain.states[last][0])
+
+
+@pytest.fixture(scope="module")
+def remote_local(root: Path) -> dict[str, dict]:
+    """One subprocess runs tests/families/remote_local.py on every family's saved tiny model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folders = {arch: str(root / arch) for arch in ALL}
+    for arch in ALL:
+        get_vlm(arch, root)  # builds the folder
+    script = Path(__file__).parent / "families" / "remote_local.py"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(
+        [sys.executable, str(script), *folders.values()], capture_output=True, text=True, timeout=900, cwd=repo, env=env
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    by_folder = {r["folder"]: r for r in map(json.loads, done.stdout.strip().splitlines())}
+    return {arch: by_folder[folder] for arch, folder in folders.items()}
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_remote_local_capture_and_steered_generation_equal_local(arch: str, remote_local: dict[str, dict]) -> None:
+    """nnsight's remote="local" dry run (serialised as for NDIF) gives the local capture and steered ids, bit for bit."""
+    res = remote_local[arch]
+    assert res["same_capture"] and res["same_steered_ids"]
+    assert res["patch_acted"]
