@@ -33,6 +33,9 @@ FAMILY = {
     "llava_onevision": ("llava_onevision", "LlavaOnevisionForConditionalGeneration"),
     "internvl": ("internvl", "InternVLForConditionalGeneration"),
     "aya_vision": ("aya_vision", "AyaVisionForConditionalGeneration"),
+    # no registered adapter: the generic adapter infers them (tests/test_models_generic.py)
+    "deepseek_vl": ("generic:DeepseekVLForConditionalGeneration", "DeepseekVLForConditionalGeneration"),
+    "video_llava": ("generic:VideoLlavaForConditionalGeneration", "VideoLlavaForConditionalGeneration"),
     "mllama": ("mllama", "MllamaForConditionalGeneration"),
     "gemma4": ("gemma4", "Gemma4ForConditionalGeneration"),
     "glm4v": ("glm4v", "Glm4vForConditionalGeneration"),

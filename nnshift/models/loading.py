@@ -22,8 +22,9 @@ from nnshift.errors import (
     UnsupportedModelError,
 )
 from nnshift.models.adapter import ModelAdapter, resolve_module
+from nnshift.models.generic import adapter_for  # the registry's, else the generic adapter for image-text models
 from nnshift.models.processors import render_chat
-from nnshift.models.registry import REGISTER_HINT, adapter_for
+from nnshift.models.registry import REGISTER_HINT
 
 __all__ = ["VLM", "load", "DTypeLike"]
 
@@ -120,7 +121,7 @@ def load(
 
     if isinstance(model, Envoy):
         hf = model._module
-        ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__)
+        ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__, model=hf)
         if lora_path is not None:
             if merge:
                 raise NnshiftError(
@@ -132,7 +133,7 @@ def load(
 
     if isinstance(model, nn.Module):
         hf = _unwrap_peft(model)
-        ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__)
+        ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__, model=hf)
         if isinstance(torch_dtype, torch.dtype):
             hf = hf.to(torch_dtype)
         peft_arg = None
@@ -164,7 +165,8 @@ def load(
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(name, trust_remote_code=load_kwargs.get("trust_remote_code", False))
-    ad = adapter or adapter_for(list(getattr(config, "architectures", None) or [type(config).__name__]), what=name)
+    archs = list(getattr(config, "architectures", None) or [type(config).__name__])
+    ad = adapter or adapter_for(archs, what=name, config=config)
     cls = _nnsight_class(ad)
     if ad.multimodal and processor is None:
         from nnshift.models.processors import load_processor
