@@ -106,3 +106,22 @@ def test_overwrite_of_a_builtin_before_the_first_lookup() -> None:
         [sys.executable, "-c", _OVERWRITE_FIRST], capture_output=True, text=True, timeout=300, cwd=root
     )
     assert "OVERWRITE-OK" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "family"),
+    [("Mllama", "mllama"), ("Gemma4", "gemma4"), ("Glm4v", "glm4v"), ("Glm4vMoe", "glm4v"), ("Mistral3", "mistral3")],
+)
+def test_adapters_without_a_tiny_builder_match_the_installed_transformers(prefix: str, family: str) -> None:
+    """Adapter paths checked on the default-size model built on the meta device (no weights, no processor)."""
+    import transformers
+
+    config = getattr(transformers, f"{prefix}Config")()
+    with torch.device("meta"):
+        model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
+    adapter = adapter_for([type(model).__name__])
+    assert adapter.family == family
+    n, d, vocab = adapter.validate(model)
+    tcfg = adapter.text_config_of(config)
+    assert (n, d, vocab) == (tcfg.num_hidden_layers, tcfg.hidden_size, tcfg.vocab_size)
+    assert adapter.image_token_id(config, None) is not None
