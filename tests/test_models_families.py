@@ -37,7 +37,7 @@ FAMILY = {
     "deepseek_vl": ("generic:DeepseekVLForConditionalGeneration", "DeepseekVLForConditionalGeneration"),
     "video_llava": ("generic:VideoLlavaForConditionalGeneration", "VideoLlavaForConditionalGeneration"),
     "mllama": ("mllama", "MllamaForConditionalGeneration"),
-    "gemma4": ("gemma4", "Gemma4ForConditionalGeneration"),
+    "gemma4": ("gemma4", "Gemma4ForConditionalGeneration"),  # builders still to come for gemma4 and glm4v
     "glm4v": ("glm4v", "Glm4vForConditionalGeneration"),
     "glm4v_moe": ("glm4v", "Glm4vMoeForConditionalGeneration"),
     "llama": ("llama", "LlamaForCausalLM"),
@@ -340,3 +340,19 @@ def test_remote_local_capture_and_steered_generation_equal_local(arch: str, remo
     res = remote_local[arch]
     assert res["same_capture"] and res["same_steered_ids"]
     assert res["patch_acted"]
+
+
+def test_mllama_cross_attention_layers(root: Path) -> None:
+    """Layer 1 of the tiny Mllama is a cross-attention layer: read with an image, skipped by HF on a text-only prompt."""
+    from nnsight.intervention.interleaver import OutOfOrderError
+
+    vlm = get_vlm("mllama", root)
+    assert type(vlm.layer_module(1)).__name__ == "MllamaCrossAttentionDecoderLayer"
+    inputs = vlm.prepare(samples_for(vlm))
+    with vlm.model.trace(**inputs):
+        h0 = vlm.get_resid(0).save()
+        h1 = vlm.get_resid(1).save()
+    assert not torch.equal(h0, h1)  # the image, seen through cross-attention, changed the stream
+    text = vlm.prepare([Sample(id="t", prompt="what color")])
+    with pytest.raises(OutOfOrderError), vlm.model.trace(**text):
+        vlm.get_resid(1).save()
