@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from nnshift.models.testing import gemma, generic, idefics, llava, mllama, qwen, text, tiles
+from nnshift.models.testing import gemma, generic, glm, idefics, llava, mllama, qwen, text, tiles
 from nnshift.models.testing.common import WORDS, quiet, tiny_image, tiny_tokenizer
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "WORDS",
 ]
 
-_GROUPS = (llava, qwen, idefics, gemma, tiles, mllama, generic, text)
+_GROUPS = (llava, qwen, idefics, gemma, tiles, mllama, glm, generic, text)
 _BUILDERS: dict[str, Callable[..., Path]] = {k: v for g in _GROUPS for k, v in g.BUILDERS.items()}
 
 MULTIMODAL_ARCHES: tuple[str, ...] = tuple(a for g in _GROUPS for a in g.MULTIMODAL)
