@@ -94,8 +94,67 @@ def _build_paligemma(folder: Path, vision_layers: int = 2, text_layers: int = 2,
     return finish(PaliGemmaForConditionalGeneration(cfg), tok, folder, proc)
 
 
+_GEMMA4_CHAT = (
+    "{{ bos_token }}{% for message in messages %}<|turn>{{ 'model' if message['role'] == 'assistant' else"
+    " message['role'] }}\n" + content("<|image|>") + "<turn|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|turn>model\n{% endif %}"
+)
+
+
+def _build_gemma4(folder: Path, vision_layers: int = 2, text_layers: int = 2, **_: Any) -> Path:
+    """Tiny Gemma 4 image-text model: 32x32 images, patch 8, 2x2 pooling, at most 70 soft image tokens (the smallest setting); no audio tower."""
+    import transformers
+
+    from nnshift.models.processors import image_only_processor
+
+    specials = ["<|image>", "<image|>", "<|image|>", "<|turn>", "<turn|>", "<|audio>", "<audio|>", "<|audio|>"]
+    names = {"boi_token": "<|image>", "eoi_token": "<image|>", "image_token": "<|image|>"}
+    # transformers 5.22's Gemma4Processor refuses a tokenizer without audio tokens, even for images only
+    names |= {"boa_token": "<|audio>", "eoa_token": "<audio|>", "audio_token": "<|audio|>"}
+    tok = tiny_tokenizer("gemma", specials, attributes=names)
+    ip = transformers.Gemma4ImageProcessorPil(patch_size=8, pooling_kernel_size=2, max_soft_tokens=70)
+    proc = image_only_processor(
+        transformers.Gemma4Processor,
+        ip,
+        tok,
+        feature_extractor=transformers.Gemma4AudioFeatureExtractor(),
+        chat_template=_GEMMA4_CHAT,
+        image_seq_length=70,
+    )
+    vision = transformers.Gemma4VisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+        patch_size=8,
+        pooling_kernel_size=2,
+        position_embedding_size=64,
+    )
+    text = transformers.Gemma4TextConfig(
+        **_gemma_text(len(tok), text_layers),
+        sliding_window=64,
+        layer_types=["sliding_attention"] * (text_layers - 1) + ["full_attention"],
+        vocab_size_per_layer_input=len(tok),
+        hidden_size_per_layer_input=8,
+    )
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    cfg = transformers.Gemma4Config(
+        text_config=text,
+        vision_config=vision,
+        audio_config=None,
+        boi_token_id=ids["<|image>"],
+        eoi_token_id=ids["<image|>"],
+        image_token_id=ids["<|image|>"],
+        video_token_id=len(tok) - 1,
+    )
+    return finish(transformers.Gemma4ForConditionalGeneration(cfg), tok, folder, proc)
+
+
 BUILDERS: dict[str, Callable[..., Path]] = {
     "gemma3": _build_gemma3,
     "paligemma": _build_paligemma,
+    "gemma4": _build_gemma4,
 }
-MULTIMODAL: tuple[str, ...] = ("gemma3", "paligemma")
+MULTIMODAL: tuple[str, ...] = ("gemma3", "paligemma", "gemma4")
