@@ -40,9 +40,9 @@ def test_generic_adapter_infers_and_warns_once(arch: str, folders: dict[str, Pat
 
 
 def test_generic_adapter_says_what_it_could_not_find(folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from nnshift.models import generic
-
     from transformers import AutoModelForImageTextToText
+
+    from nnshift.models import generic
 
     hf = AutoModelForImageTextToText.from_pretrained(folders["deepseek_vl"])
     hf.config.text_config.num_hidden_layers = 7  # no ModuleList has 7 layers
