@@ -279,8 +279,9 @@ def test_token_of_interest_in_the_answer(arch: str, root: Path) -> None:
     states = torch.cat(seen, dim=1)  # [batch, plen + n - 1, d]: prefill, then one position per step
     gen = out[:, plen:]
     words = [w for b in range(len(samples)) for w in vlm.decode(gen[b]).split() if w.isalnum()]
+    words += [w for b in range(len(samples)) for w in vlm.decode(gen[b]).split() if "\ufffd" not in w]
     if not words:
-        pytest.skip(f"{arch}: the random tiny model answered no alphanumeric word")
+        pytest.skip(f"{arch}: the random tiny model answered no word")
     word = words[0]
     acts = capture(vlm, samples, layer=-1, at=P.token_of_interest(word), max_new_tokens=n, progress=False)
     assert len(acts) >= 1
