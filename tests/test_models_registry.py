@@ -140,3 +140,18 @@ def test_adapters_match_default_size_models_on_meta(prefix: str, family: str) ->
     tcfg = adapter.text_config_of(config)
     assert (n, d, vocab) == (tcfg.num_hidden_layers, tcfg.hidden_size, tcfg.vocab_size)
     assert adapter.image_token_id(config, None) is not None
+
+
+def test_pixtral_12b_layout_is_the_llava_family() -> None:
+    """Pixtral-12B is a LlavaForConditionalGeneration with a Pixtral tower: the llava adapter's paths hold (meta)."""
+    import transformers
+
+    config = transformers.LlavaConfig(
+        vision_config=transformers.PixtralVisionConfig(), text_config=transformers.MistralConfig(), image_token_index=10
+    )
+    with torch.device("meta"):
+        model = transformers.LlavaForConditionalGeneration(config)
+    adapter = adapter_for([type(model).__name__])
+    assert adapter.family == "llava"
+    assert adapter.validate(model) == (32, 4096, 32000)
+    assert type(model.model.vision_tower).__name__ == "PixtralVisionModel"
