@@ -1,8 +1,9 @@
 """Tiny random models of every supported family, built offline and saved with save_pretrained (for tests).
 
-One builder module per family group (`text`, `llava`, `qwen`, `idefics`, `gemma`, ...); each exposes
-``BUILDERS`` (arch name -> builder) and ``MULTIMODAL`` (its image-text arch names). `build_tiny(arch, folder)`
-dispatches on the arch name.
+One builder module per family group (`text`, `llava`, `qwen`, `idefics`, `gemma`, `tiles`, `mllama`, `glm`,
+`generic`); each exposes ``BUILDERS`` (arch name -> builder) and ``MULTIMODAL`` (its image-text arch names).
+`build_tiny(arch, folder)` dispatches on the arch name. The `generic` group's architectures have no registered
+adapter: they load through the generic adapter.
 """
 
 from __future__ import annotations
