@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from nnshift.errors import UnsupportedModelError
 from nnshift.models import load
@@ -60,3 +61,22 @@ def test_text_only_models_still_need_an_adapter() -> None:
 
     with pytest.raises(UnsupportedModelError, match="OPTForCausalLM"):
         adapter_for(["OPTForCausalLM"], config=object())
+
+
+def test_generic_adapter_validation_compares_hooks_with_output_hidden_states(folders: dict[str, Path]) -> None:
+    """A wrong final norm (same size, another module) passes the path checks but fails the forward comparison."""
+    import dataclasses
+
+    from transformers import AutoModelForImageTextToText
+
+    from nnshift.errors import AdapterValidationError
+
+    hf = AutoModelForImageTextToText.from_pretrained(folders["deepseek_vl"])
+    good = infer_adapter(hf)
+    assert good.validate(hf) == (3, 32, hf.lm_head.out_features)
+    decoy = "model.language_model.layers.0.input_layernorm"
+    with torch.no_grad():  # random-init RMSNorms all have unit weights: make the decoy differ from the final norm
+        hf.get_submodule(decoy).weight.mul_(2.0)
+    bad = dataclasses.replace(good, final_norm=decoy)
+    with pytest.raises(AdapterValidationError, match="block 2's output differs from output_hidden_states"):
+        bad.validate(hf)

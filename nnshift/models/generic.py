@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from nnshift.errors import AdapterValidationError, UnsupportedModelError
-from nnshift.models.adapter import ModelAdapter, text_config_of
+from nnshift.models.adapter import ModelAdapter, resolve_module, text_config_of
 from nnshift.models.registry import REGISTER_HINT
 from nnshift.models.registry import adapter_for as registered_adapter_for
 
@@ -61,8 +61,6 @@ class GenericAdapter(ModelAdapter):
 
 def _check_forward(adapter: ModelAdapter, hf: nn.Module, n: int) -> None:
     """A 2-token text forward: every block's hooked output equals output_hidden_states[i + 1] (the last is normed)."""
-    from nnshift.models.adapter import resolve_module
-
     layers = resolve_module(hf, adapter.layers)
     seen: dict[int, torch.Tensor] = {}
     handles = [
@@ -73,14 +71,16 @@ def _check_forward(adapter: ModelAdapter, hf: nn.Module, n: int) -> None:
     ]
     vocab = int(resolve_module(hf, adapter.unembed).weight.shape[0])
     ids = torch.tensor([[1 % vocab, 2 % vocab]], device=hf.get_input_embeddings().weight.device)
+    where = f"generic adapter on {type(hf).__name__} ({adapter.layers!r})"
     try:
         with torch.no_grad():
             out = hf(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+    except Exception as exc:  # any model error: the inferred adapter cannot be trusted
+        raise AdapterValidationError(f"{where}: a 2-token text forward failed: {exc}", REGISTER_HINT) from exc
     finally:
         for h in handles:
             h.remove()
     hs = getattr(out, "hidden_states", None)
-    where = f"generic adapter on {type(hf).__name__} ({adapter.layers!r})"
     if hs is None or len(hs) != n + 1 or len(seen) != n:
         raise AdapterValidationError(
             f"{where}: the blocks or output_hidden_states did not give {n} states", REGISTER_HINT
