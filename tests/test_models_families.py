@@ -28,6 +28,18 @@ FAMILY = {
     "smolvlm": ("idefics3", "SmolVLMForConditionalGeneration"),
     "gemma3": ("gemma3", "Gemma3ForConditionalGeneration"),
     "paligemma": ("paligemma", "PaliGemmaForConditionalGeneration"),
+    "qwen3_vl": ("qwen3_vl", "Qwen3VLForConditionalGeneration"),
+    "qwen3_vl_moe": ("qwen3_vl", "Qwen3VLMoeForConditionalGeneration"),
+    "llava_onevision": ("llava_onevision", "LlavaOnevisionForConditionalGeneration"),
+    "internvl": ("internvl", "InternVLForConditionalGeneration"),
+    "aya_vision": ("aya_vision", "AyaVisionForConditionalGeneration"),
+    # no registered adapter: the generic adapter infers them (tests/test_models_generic.py)
+    "deepseek_vl": ("generic:DeepseekVLForConditionalGeneration", "DeepseekVLForConditionalGeneration"),
+    "video_llava": ("generic:VideoLlavaForConditionalGeneration", "VideoLlavaForConditionalGeneration"),
+    "mllama": ("mllama", "MllamaForConditionalGeneration"),
+    "gemma4": ("gemma4", "Gemma4ForConditionalGeneration"),  # builders still to come for gemma4 and glm4v
+    "glm4v": ("glm4v", "Glm4vForConditionalGeneration"),
+    "glm4v_moe": ("glm4v", "Glm4vMoeForConditionalGeneration"),
     "llama": ("llama", "LlamaForCausalLM"),
     "qwen2": ("llama", "Qwen2ForCausalLM"),
     "gpt2": ("gpt2", "GPT2LMHeadModel"),
@@ -66,6 +78,12 @@ def samples_for(vlm: VLM) -> list[Sample]:
     ]
 
 
+def hidden_states_of(vlm: VLM, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The HF forward's own ``output_hidden_states`` (embeddings, then one entry per decoder block)."""
+    with torch.no_grad():
+        return vlm.hf(**inputs, output_hidden_states=True).hidden_states
+
+
 def resid_by_hook(vlm: VLM, i: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The block-`i` output seen by a plain torch forward hook on the HF module (independent of nnsight)."""
     seen: list[torch.Tensor] = []
@@ -101,7 +119,7 @@ def test_load_validates_layers(arch: str, root: Path) -> None:
         vision_ids = {
             id(m)
             for name, m in vlm.hf.named_modules()
-            if any(k in name for k in ("vision_tower", "vision_model", "visual"))
+            if any(k in name for k in ("vision_tower", "vision_model", "visual", "image_tower"))
         }
         assert vision_ids, "the tiny model should have a vision tower"
         assert not layer_modules & vision_ids
@@ -139,6 +157,13 @@ def test_trace_reads_middle_and_last_residual_and_image_mask(arch: str, root: Pa
     if bool(inputs["attention_mask"][full].all()):
         torch.testing.assert_close(h_mid[full], resid_by_hook(vlm, mid, inputs)[full], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(h_last[full], resid_by_hook(vlm, last, inputs)[full], rtol=1e-4, atol=1e-5)
+    # the model's own output_hidden_states: entry i + 1 is block i's output; the last entry is after the final norm
+    hs = hidden_states_of(vlm, inputs)
+    assert len(hs) == vlm.n_layers + 1
+    if bool(inputs["attention_mask"][full].all()):
+        torch.testing.assert_close(h_mid[full], hs[mid + 1][full], rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            torch.testing.assert_close(vlm._norm(h_last[full]), hs[-1][full], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(vlm.logit_lens(h_last[:, -1]), logits[:, -1].float(), rtol=1e-4, atol=1e-4)
 
 
@@ -226,3 +251,109 @@ def test_other_llama_like_causal_lms(config_name: str, model_name: str, root: Pa
         logits = vlm.model.output.logits.save()
     # final norm + unembedding (+ soft-capping for Gemma 2) reproduce the model's logits
     torch.testing.assert_close(vlm.logit_lens(h[:, -1]), logits[:, -1].float(), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- token of interest, steering, remote
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_token_of_interest_in_the_answer(arch: str, root: Path) -> None:
+    """The TOI state is the one whose greedy prediction starts the word, and equals a hooked HF generate's state."""
+    from nnshift import positions as P
+    from nnshift.capture import capture
+
+    vlm = get_vlm(arch, root)
+    samples = samples_for(vlm)
+    inputs = vlm.prepare(samples)
+    n = 6
+    seen: list[torch.Tensor] = []
+    handle = vlm.layer_module(-1).register_forward_hook(
+        lambda _m, _i, o: seen.append(o[0] if isinstance(o, tuple) else o)
+    )
+    try:
+        with torch.no_grad():
+            out = vlm.hf.generate(**inputs, max_new_tokens=n, do_sample=False, pad_token_id=vlm.pad_token_id)
+    finally:
+        handle.remove()
+    plen = inputs["input_ids"].shape[1]
+    states = torch.cat(seen, dim=1)  # [batch, plen + n - 1, d]: prefill, then one position per step
+    gen = out[:, plen:]
+    words = [w for b in range(len(samples)) for w in vlm.decode(gen[b]).split() if w.isalnum()]
+    words += [w for b in range(len(samples)) for w in vlm.decode(gen[b]).split() if "\ufffd" not in w]
+    if not words:
+        pytest.skip(f"{arch}: the random tiny model answered no word")
+    word = words[0]
+    acts = capture(vlm, samples, layer=-1, at=P.token_of_interest(word), max_new_tokens=n, progress=False)
+    assert len(acts) >= 1
+    for row, sid in enumerate(acts.ids):
+        b = [s.id for s in samples].index(sid)
+        k = acts.meta[row]["toi_step"]
+        # gen[k] starts the word (a token may span words): the answer before it lacks the word, and one of the
+        # words that token k adds or extends is a prefix of it
+        before = vlm.tokenizer.decode(gen[b, :k]).split()
+        upto = vlm.tokenizer.decode(gen[b, : k + 1]).split()
+        assert word not in before
+        assert any(word.startswith(w) for w in upto[max(len(before) - 1, 0) :])
+        torch.testing.assert_close(acts.tensor[row], states[b, plen - 1 + k].float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_patch_at_alpha_zero_is_unsteered_and_alpha_changes_the_output(arch: str, root: Path) -> None:
+    from nnshift.generation import run_generation
+    from nnshift.steering import SteeringVector
+
+    vlm = get_vlm(arch, root)
+    inputs = vlm.prepare(samples_for(vlm))
+    vec = SteeringVector(torch.randn(32, generator=torch.Generator().manual_seed(0)) * 8, layer=1)
+    last = vlm.n_layers - 1
+    plain = run_generation(vlm, inputs, 3, layers=[last])
+    runs = {a: run_generation(vlm, inputs, 3, layers=[last], edit=vec.patch(a).bind(vlm, inputs)) for a in (0.0, 4.0)}
+    assert runs[0.0].tokens == plain.tokens
+    assert all(torch.equal(s, p) for s, p in zip(runs[0.0].states[last], plain.states[last], strict=True))
+    assert not torch.equal(runs[4.0].states[last][0], plain.states[last][0])
+
+
+@pytest.fixture(scope="module")
+def remote_local(root: Path) -> dict[str, dict]:
+    """One subprocess runs tests/families/remote_local.py on every family's saved tiny model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folders = {arch: str(root / arch) for arch in ALL}
+    for arch in ALL:
+        get_vlm(arch, root)  # builds the folder
+    script = Path(__file__).parent / "families" / "remote_local.py"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(
+        [sys.executable, str(script), *folders.values()], capture_output=True, text=True, timeout=900, cwd=repo, env=env
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    by_folder = {r["folder"]: r for r in map(json.loads, done.stdout.strip().splitlines())}
+    return {arch: by_folder[folder] for arch, folder in folders.items()}
+
+
+@pytest.mark.parametrize("arch", ALL)
+def test_remote_local_capture_and_steered_generation_equal_local(arch: str, remote_local: dict[str, dict]) -> None:
+    """nnsight's remote="local" dry run (serialised as for NDIF) gives the local capture and steered ids, bit for bit."""
+    res = remote_local[arch]
+    assert res["same_capture"] and res["same_steered_ids"]
+    assert res["patch_acted"]
+
+
+def test_mllama_cross_attention_layers(root: Path) -> None:
+    """Layer 1 of the tiny Mllama is a cross-attention layer: read with an image, skipped by HF on a text-only prompt."""
+    from nnsight.intervention.interleaver import OutOfOrderError
+
+    vlm = get_vlm("mllama", root)
+    assert type(vlm.layer_module(1)).__name__ == "MllamaCrossAttentionDecoderLayer"
+    inputs = vlm.prepare(samples_for(vlm))
+    with vlm.model.trace(**inputs):
+        h0 = vlm.get_resid(0).save()
+        h1 = vlm.get_resid(1).save()
+    assert not torch.equal(h0, h1)  # the image, seen through cross-attention, changed the stream
+    text = vlm.prepare([Sample(id="t", prompt="what color")])
+    with pytest.raises(OutOfOrderError), vlm.model.trace(**text):
+        vlm.get_resid(1).save()

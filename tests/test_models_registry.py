@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,3 +82,76 @@ def test_dtype_parsing() -> None:
     assert _torch_dtype("auto") == "auto" and _torch_dtype(None) is None
     with pytest.raises(NnshiftError, match="unknown dtype"):
         _torch_dtype("float33")
+
+
+_OVERWRITE_FIRST = """
+from nnshift.models import ModelAdapter, register_adapter, supported_architectures
+from nnshift.models.registry import adapter_for
+mine = ModelAdapter(family="mine", architectures=("LlavaForConditionalGeneration",), layers="a.b", final_norm="c")
+register_adapter(mine, overwrite=True)  # before any lookup: the built-ins are not imported yet
+assert adapter_for(["LlavaForConditionalGeneration"]) is mine
+assert adapter_for(["GPT2LMHeadModel"]).family == "gpt2"
+assert "Qwen2VLForConditionalGeneration" in supported_architectures()
+print("OVERWRITE-OK")
+"""
+
+
+def test_overwrite_of_a_builtin_before_the_first_lookup() -> None:
+    """Issue 12: overwrite=True before the built-ins were imported must win, and later lookups must work."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "-c", _OVERWRITE_FIRST], capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert "OVERWRITE-OK" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "family"),
+    [
+        ("Mllama", "mllama"),
+        ("Gemma4", "gemma4"),
+        ("Glm4v", "glm4v"),
+        ("Glm4vMoe", "glm4v"),
+        ("Glm46V", "glm4v"),
+        ("Mistral3", "mistral3"),
+        ("Molmo2", "molmo2"),
+        ("Qwen3VL", "qwen3_vl"),
+        ("InternVL", "internvl"),
+        ("LlavaOnevision", "llava_onevision"),
+        ("Gemma3n", "gemma3n"),
+    ],
+)
+def test_adapters_match_default_size_models_on_meta(prefix: str, family: str) -> None:
+    """Adapter paths checked on the default-size model built on the meta device (no weights, no processor)."""
+    import transformers
+
+    if prefix == "Gemma3n":
+        pytest.importorskip("timm", reason="Gemma 3n's vision tower is a timm model")
+
+    config = getattr(transformers, f"{prefix}Config")()
+    with torch.device("meta"):
+        model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
+    adapter = adapter_for([type(model).__name__])
+    assert adapter.family == family
+    n, d, vocab = adapter.validate(model)
+    tcfg = adapter.text_config_of(config)
+    assert (n, d, vocab) == (tcfg.num_hidden_layers, tcfg.hidden_size, tcfg.vocab_size)
+    assert adapter.image_token_id(config, None) is not None
+
+
+def test_pixtral_12b_layout_is_the_llava_family() -> None:
+    """Pixtral-12B is a LlavaForConditionalGeneration with a Pixtral tower: the llava adapter's paths hold (meta)."""
+    import transformers
+
+    config = transformers.LlavaConfig(
+        vision_config=transformers.PixtralVisionConfig(), text_config=transformers.MistralConfig(), image_token_index=10
+    )
+    with torch.device("meta"):
+        model = transformers.LlavaForConditionalGeneration(config)
+    adapter = adapter_for([type(model).__name__])
+    assert adapter.family == "llava"
+    assert adapter.validate(model) == (32, 4096, 32000)
+    assert type(model.model.vision_tower).__name__ == "PixtralVisionModel"

@@ -30,10 +30,11 @@ from nnshift.models.building import (
     unwrap_peft,
 )
 from nnshift.models.building import architectures_of as _architectures_of
+from nnshift.models.generic import adapter_for  # the registry's, else the generic adapter for image-text models
 from nnshift.models.load_checks import check_device, check_model_folder, read_config
 from nnshift.models.lora import LoraRequest, LoraSwitch, check_lora_shapes, meta_model
 from nnshift.models.processors import render_chat
-from nnshift.models.registry import REGISTER_HINT, adapter_for
+from nnshift.models.registry import REGISTER_HINT
 
 __all__ = ["VLM", "load", "DTypeLike"]
 
@@ -100,7 +101,7 @@ def load(
 def _load_envoy(model: Any, lora: LoraRequest, adapter: ModelAdapter | None) -> VLM:
     """An nnsight model given as is (the adapter, if any, injected into its module)."""
     hf = model._module
-    ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__)
+    ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__, model=hf)
     name = str(getattr(model, "repo_id", None) or getattr(hf.config, "name_or_path", "") or type(hf).__name__)
     if lora.path is not None:
         if lora.merge:
@@ -118,7 +119,7 @@ def _load_module(
 ) -> VLM:
     """A transformers model object (a PeftModel is unwrapped, its LoRA layers kept)."""
     hf = unwrap_peft(model)
-    ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__)
+    ad = adapter or adapter_for(_architectures_of(hf), what=type(hf).__name__, model=hf)
     if isinstance(dtype, torch.dtype):
         hf = hf.to(dtype)
     name = str(getattr(hf.config, "name_or_path", "") or type(hf).__name__)
@@ -152,7 +153,9 @@ def _load_path(
 ) -> VLM:
     """A hub id or a local folder (checked already)."""
     config = read_config(name, load_kwargs)
-    ad = adapter or adapter_for(list(getattr(config, "architectures", None) or [type(config).__name__]), what=name)
+    ad = adapter or adapter_for(
+        list(getattr(config, "architectures", None) or [type(config).__name__]), what=name, config=config
+    )
     if lora.folder is not None:
         check_lora_shapes(meta_model(config, ad.task), lora.folder, lora.config, name)
         lora.shapes_checked = True

@@ -66,8 +66,19 @@ def load_processor(path: str | Path, **kwargs: Any) -> Any:
     lenient = _lenient(cls)
     names = lenient.get_attributes()
     by_name = {"image_processor": image_processor, "tokenizer": tokenizer}
-    args = [by_name.get(name) for name in names]
+    args = [by_name.get(name, _nested_sub_processor(processor_dict.get(name))) for name in names]
     return lenient.from_args_and_dict(args, processor_dict)
+
+
+def _nested_sub_processor(spec: Any) -> Any:
+    """A sub-processor (e.g. Gemma 4's audio feature extractor) rebuilt from its dict in processor_config.json."""
+    import transformers
+
+    if not isinstance(spec, dict):
+        return None
+    kind = spec.get("feature_extractor_type") or spec.get("image_processor_type")
+    cls = getattr(transformers, kind, None) if isinstance(kind, str) else None
+    return cls.from_dict(spec) if cls is not None and hasattr(cls, "from_dict") else None
 
 
 def render_chat(owner: Any, tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:

@@ -10,6 +10,7 @@ from nnshift.models.adapter import ModelAdapter
 __all__ = ["register_adapter", "unregister_adapter", "supported_architectures", "adapter_for", "registered_adapters"]
 
 _REGISTRY: dict[str, ModelAdapter] = {}
+_BUILTINS_LOADING = False
 
 REGISTER_HINT = (
     "register an adapter for it: `nnshift.models.register_adapter(ModelAdapter(family=..., architectures=(<class name>,),"
@@ -21,6 +22,7 @@ def register_adapter(adapter: ModelAdapter, *, overwrite: bool = False) -> Model
     """Register `adapter` for each of its architecture class names; returns it (usable as a one-liner)."""
     if not isinstance(adapter, ModelAdapter):
         raise TypeError(f"expected a ModelAdapter, got {type(adapter).__name__}")
+    _ensure_builtins()  # built-ins first, so that a user's overwrite=True is not undone by their later import
     for arch in adapter.architectures:
         old = _REGISTRY.get(arch)
         if old is not None and old is not adapter and not overwrite:
@@ -39,7 +41,16 @@ def unregister_adapter(adapter: ModelAdapter) -> None:
 
 
 def _ensure_builtins() -> None:
-    import nnshift.models.families  # noqa: F401  (registers the built-in adapters)
+    """Import the built-in families once (they register themselves); re-entrant while they are importing."""
+    global _BUILTINS_LOADING
+    if _BUILTINS_LOADING:
+        return
+    _BUILTINS_LOADING = True
+    try:
+        import nnshift.models.families  # noqa: F401  (registers the built-in adapters)
+    except BaseException:
+        _BUILTINS_LOADING = False
+        raise
 
 
 def supported_architectures() -> list[str]:

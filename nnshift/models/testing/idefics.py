@@ -1,0 +1,119 @@
+"""Tiny Idefics2, Idefics3 and SmolVLM models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nnshift.models.processors import image_only_processor
+from nnshift.models.testing.common import (
+    content,
+    finish,
+    llama_text,
+    tiny_tokenizer,
+)
+
+__all__ = ["BUILDERS", "MULTIMODAL"]
+
+_IDEFICS_CHAT = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}:"
+    + content("<image>")
+    + "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+_IDEFICS_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+
+
+def _build_idefics2(folder: Path, vision_layers: int = 2, text_layers: int = 2, **_: Any) -> Path:
+    """Tiny Idefics2 (SigLIP-like tower + perceiver resampler with 4 latents + Mistral)."""
+    from transformers import (
+        Idefics2Config,
+        Idefics2ForConditionalGeneration,
+        Idefics2ImageProcessorPil,
+        Idefics2Processor,
+    )
+
+    tok = tiny_tokenizer("llama", _IDEFICS_SPECIALS[:3])
+    ip = Idefics2ImageProcessorPil(do_image_splitting=False, size={"shortest_edge": 32, "longest_edge": 32})
+    proc = Idefics2Processor(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=_IDEFICS_CHAT)
+    cfg = Idefics2Config(
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": vision_layers,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        perceiver_config={
+            "hidden_act": "silu",
+            "resampler_n_latents": 4,
+            "resampler_depth": 1,
+            "resampler_n_heads": 2,
+            "resampler_head_dim": 8,
+            "num_key_value_heads": 1,
+            "hidden_size": 32,
+            "rms_norm_eps": 1e-6,
+        },
+        text_config={
+            "model_type": "mistral",
+            "vocab_size": len(tok),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+        },
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    return finish(Idefics2ForConditionalGeneration(cfg), tok, folder, proc)
+
+
+def _build_idefics3(
+    folder: Path, smolvlm: bool = False, vision_layers: int = 2, text_layers: int = 2, **_: Any
+) -> Path:
+    """Tiny Idefics3 (or SmolVLM): 32x32 images, patch 8, pixel-shuffle 2 -> 4 image tokens, no splitting."""
+    import transformers
+
+    tok = tiny_tokenizer("llama", _IDEFICS_SPECIALS)
+    prefix = "SmolVLM" if smolvlm else "Idefics3"
+    ip = getattr(transformers, f"{prefix}ImageProcessorPil")(
+        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
+    )
+    if smolvlm:
+        proc = image_only_processor(
+            transformers.SmolVLMProcessor, ip, tok, image_seq_len=4, chat_template=_IDEFICS_CHAT
+        )
+    else:
+        proc = transformers.Idefics3Processor(
+            image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=_IDEFICS_CHAT
+        )
+    cfg = getattr(transformers, f"{prefix}Config")(
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": vision_layers,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        text_config=llama_text(len(tok), layers=text_layers).to_dict(),
+        scale_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(cfg)
+    return finish(model, tok, folder, proc)
+
+
+def _build_smolvlm(folder: Path, **kw: Any) -> Path:
+    """Tiny SmolVLMForConditionalGeneration."""
+    return _build_idefics3(folder, smolvlm=True, **kw)
+
+
+BUILDERS: dict[str, Callable[..., Path]] = {
+    "idefics2": _build_idefics2,
+    "idefics3": _build_idefics3,
+    "smolvlm": _build_smolvlm,
+}
+MULTIMODAL: tuple[str, ...] = ("idefics2", "idefics3", "smolvlm")
