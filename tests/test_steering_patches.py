@@ -163,7 +163,7 @@ def test_generation_edits_every_decode_step_under_kv_cache(llama, samples, where
     try:
         kw = dict(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=llama.pad_token_id)
         with llama.model.generate(dict(inputs), **kw) as tracer:
-            patch(llama, inputs=inputs)  # every step: max_new_tokens is read from the call
+            patch(llama, inputs=inputs)  # every step, however the length is set
             out = tracer.result.save()
     finally:
         handle.remove()
@@ -289,7 +289,7 @@ for remote in (False, "local"):
     with vlm.model.trace(dict(inputs), **extra):
         patch(vlm, inputs=inputs)
         logits = vlm.model.output.logits.save()
-    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=vlm.pad_token_id)
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=vlm.pad_token_id)  # decode steps on a side worker
     with vlm.model.generate(dict(inputs), **kw, **extra) as tracer:
         patch(vlm, inputs=inputs)
         ids = tracer.result.save()

@@ -9,8 +9,8 @@ They never change the model's weights.
 Inside the user's own nnsight trace or generation::
 
     with vlm.model.generate(inputs, max_new_tokens=8) as tracer:
-        patch(vlm, inputs=inputs)                 # every generation step (max_new_tokens read from the call)
-        out = tracer.result.save()
+        patch(vlm, inputs=inputs)                 # every generation step, however the length is set
+        out = tracer.result.save()                # runs even when every row stops early
 
     with vlm.model.generate(inputs, max_new_tokens=8) as tracer:
         for step in tracer.iter[0:8]:
@@ -48,6 +48,7 @@ from nnshift.errors import (
     SteeringError,
 )
 from nnshift.positions import Image, Selector, SelectorLike, Text, TokenOfInterest, Union, as_selector
+from nnshift.steering.steps import current_worker, in_step_loop, on_every_step
 from nnshift.steering.vectors import SteeringVector
 
 __all__ = ["BoundPatch", "Patch", "PatchSet", "steer"]
@@ -160,22 +161,6 @@ def _target_device(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "meta" else device
 
 
-def _current_steps() -> int | None:
-    """Inside a trace: ``max_new_tokens`` of the running generate call, or None for a single forward."""
-    from greenlet import getcurrent
-
-    ref = getattr(getcurrent(), "mediator", None)
-    if ref is None or ref() is None:
-        raise SteeringError(
-            "a patch was called outside an nnsight trace",
-            "call it inside `with vlm.model.trace(...)` / `vlm.model.generate(...)`, or use ns.steer",
-        )
-    batcher = getattr(getattr(ref(), "interleaver", None), "batcher", None)
-    kwargs = getattr(batcher, "kwargs", None) or {}
-    steps = kwargs.get("max_new_tokens")
-    return int(steps) if steps is not None else None
-
-
 # ---------------------------------------------------------------------------- bound patches
 
 
@@ -194,6 +179,11 @@ class BoundPatch:
     def layers(self) -> list[int]:
         """The edited layers, in order."""
         return list(self.edits)
+
+    @property
+    def edits_decode(self) -> bool:
+        """Whether any layer is edited at decode steps (t > 0)."""
+        return any(e.decode is not None for e in self.edits.values())
 
     def apply(self, vlm: Any, step: int | None = None) -> None:
         """Inside an nnsight trace: add the deltas of this step to every patched layer, in layer order."""
@@ -363,21 +353,26 @@ class _Steerable:
 
         ``patch(vlm, step, inputs)`` edits one step (the signature of a `nnshift.generation.Edit`, for a
         ``for step in tracer.iter[...]`` loop). ``patch(vlm)`` / ``patch(vlm, inputs=inputs)`` edits every step:
-        one forward in ``.trace()``, ``max_new_tokens`` steps in ``.generate()`` (or ``steps=``). Put anything
-        that reads results after it (and pass ``min_new_tokens`` when every row may stop early).
+        the one forward of ``.trace()``; in ``.generate()`` the prompt pass and every decode step, however the
+        length is set (``max_new_tokens``, ``max_length``, the model's ``generation_config``, or nothing) and
+        when every row stops early; ``steps=n`` edits the first ``n`` steps only. The statements after the call
+        run in every case (no ``min_new_tokens`` needed).
         """
         bound = self._bound(vlm, inputs)
         if step is not None:
             bound.apply(vlm, step)
             return
-        n = steps if steps is not None else _current_steps()
-        if n is None:
-            bound.apply(vlm, 0)
-            return
-        from nnsight.intervention.iterator import Iterations
-
-        for s in Iterations()[0 : int(n)]:
-            bound.apply(vlm, s)
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise SteeringError(f"steps must be an int >= 1, got {steps!r}", "pass steps=n, or nothing for every step")
+        worker = current_worker()
+        if in_step_loop(worker):
+            raise SteeringError(
+                "patch(vlm) without a step was called inside a `for step in tracer.iter[...]` loop",
+                "pass the loop's step: `patch(vlm, step, inputs)`, or call patch(vlm, inputs=inputs) once, before any loop",
+            )
+        bound.apply(vlm, 0)
+        if bound.edits_decode and (steps is None or steps > 1):
+            on_every_step(lambda s: bound.apply(vlm, s), start=1, stop=steps)
 
     # ------------------------------------------------------------------ TransformerLens
     def tl_hooks(
