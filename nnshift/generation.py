@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -13,9 +13,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nnshift.data import Sample
-from nnshift.errors import EmptyInputError
+from nnshift.errors import EmptyInputError, PositionError
 
-__all__ = ["BatchRun", "Edit", "ensure_remote_ready", "generate", "run_generation", "trim_answer"]
+if TYPE_CHECKING:
+    from nnshift.steering.patches import Patch, PatchSet
+
+__all__ = ["BatchRun", "Edit", "ensure_remote_ready", "generate", "run_generation", "steer", "trim_answer"]
 
 #: an edit applied inside the trace at each generation step: edit(vlm, step, inputs)
 Edit = Callable[[Any, int, dict[str, Tensor]], None]
@@ -137,5 +140,52 @@ def generate(
         run = run_generation(vlm, vlm.prepare(batch), max_new_tokens, edit=edit)
         answers += [vlm.decode(t) for t in run.tokens]
         bar.update(len(batch))
+    bar.close()
+    return answers
+
+
+def steer(
+    vlm: Any,
+    samples: Sequence[Sample],
+    patch: Patch | PatchSet,
+    max_new_tokens: int = 20,
+    batch_size: int = 16,
+    *,
+    progress: bool = True,
+    remote: bool = False,
+) -> list[str]:
+    """Greedy answers of ``vlm`` for ``samples`` with ``patch`` applied at every generation step.
+
+    Batched with left padding like `generate`; per-sample alpha/rows are given for all samples and
+    sliced per batch. Everything is validated before the first forward pass. ``remote=True`` runs each batch
+    on NDIF (see docs/remote.md).
+    """
+    if len(samples) == 0:
+        raise EmptyInputError("steer() got no samples", "pass at least one Sample")
+    patch.check(vlm.hidden_size, vlm.n_layers)
+    n = patch.batch_size
+    if n is not None and n != len(samples):
+        raise PositionError(
+            f"per-sample alpha/rows have {n} entries for {len(samples)} samples", "give one entry per sample"
+        )
+    if patch.steers_images:
+        missing = [s.id for s in samples if s.image is None]
+        if missing:
+            raise PositionError(
+                f"image positions are steered but {len(missing)} samples have no image (e.g. {missing[:3]})",
+                "steer 'text' or 'all' positions for text-only samples, or drop them",
+            )
+    answers: list[str] = []
+    bar = tqdm(total=len(samples), desc="steer", disable=not progress, leave=False)
+    with torch.inference_mode(False), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*generation flags.*")
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            part = patch.select_rows(slice(start, start + len(batch))) if n is not None else patch
+            inputs = vlm.prepare(batch)
+            bound = part.bind(vlm, inputs)
+            run = run_generation(vlm, inputs, max_new_tokens, edit=bound, remote=remote)
+            answers += [vlm.decode(t) for t in run.tokens]
+            bar.update(len(batch))
     bar.close()
     return answers

@@ -158,8 +158,7 @@ def by_impact(
     dropped (None keeps all); the rest are sorted by score, and with ``distinct`` only the best vector per
     target set is kept; ``keep`` truncates the list.
     """
-    from nnshift.generation import generate
-    from nnshift.steering.patches import steer
+    from nnshift.generation import generate, steer
 
     items = list(candidates.items()) if isinstance(candidates, Mapping) else list(enumerate(candidates))
     if not items:
