@@ -8,6 +8,7 @@ from nnshift.data import Sample
 from nnshift.errors import NnshiftError
 from nnshift.generation import generate
 from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures
+from nnshift.options import RunOptions
 from nnshift.steering import steer
 from nnshift.store import Activations, ActivationStore, load_activations, pair
 
@@ -17,6 +18,7 @@ __all__ = [
     "Activations",
     "ModelAdapter",
     "NnshiftError",
+    "RunOptions",
     "Sample",
     "__version__",
     "capture",

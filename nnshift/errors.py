@@ -21,6 +21,7 @@ __all__ = [
     "ConceptError",
     "ZooError",
     "SteeringError",
+    "OptionsError",
 ]
 
 
@@ -99,3 +100,7 @@ class ZooError(NnshiftError, LookupError):
 
 class SteeringError(NnshiftError, ValueError):
     """Inconsistent steering inputs: vectors from different layers, a patch with no layer, bad per-sample scales."""
+
+
+class OptionsError(NnshiftError, ValueError):
+    """A run option out of range or of the wrong type (batch size, number of new tokens, progress, remote)."""

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, PositionError
+from nnshift.options import RunOptions, batched, run_options
 
 if TYPE_CHECKING:
     from nnshift.steering.patches import Patch, PatchSet
@@ -125,41 +125,31 @@ def _run(
 def generate(
     vlm: Any,
     samples: Sequence[Sample],
-    max_new_tokens: int = 20,
-    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
     edit: Edit | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
+    *,
+    remote: bool | None = None,
+    options: RunOptions | None = None,
 ) -> list[str]:
-    """Greedy answers of ``vlm`` for ``samples`` (batched, left padding), as text."""
+    """Greedy answers of ``vlm`` for ``samples`` (batched, left padding), as text.
+
+    Defaults: 20 new tokens, batches of 16, a progress bar, local; ``options=`` (a `RunOptions`) sets them
+    all at once and explicit keywords win over it. ``remote=True`` runs each batch on NDIF.
+    """
+    opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
     if len(samples) == 0:
         raise EmptyInputError("generate() got no samples", "pass at least one Sample")
     answers: list[str] = []
-    bar = tqdm(total=len(samples), desc="generate", disable=not progress, leave=False)
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        run = run_generation(vlm, vlm.prepare(batch), max_new_tokens, edit=edit)
+    for _, batch in batched(samples, opts, "generate"):
+        run = run_generation(vlm, vlm.prepare(batch), opts.max_new_tokens, edit=edit, remote=opts.remote)
         answers += [vlm.decode(t) for t in run.tokens]
-        bar.update(len(batch))
-    bar.close()
     return answers
 
 
-def steer(
-    vlm: Any,
-    samples: Sequence[Sample],
-    patch: Patch | PatchSet,
-    max_new_tokens: int = 20,
-    batch_size: int = 16,
-    *,
-    progress: bool = True,
-    remote: bool = False,
-) -> list[str]:
-    """Greedy answers of ``vlm`` for ``samples`` with ``patch`` applied at every generation step.
-
-    Batched with left padding like `generate`; per-sample alpha/rows are given for all samples and
-    sliced per batch. Everything is validated before the first forward pass. ``remote=True`` runs each batch
-    on NDIF (see docs/remote.md).
-    """
+def _check_steer_inputs(vlm: Any, samples: Sequence[Sample], patch: Patch | PatchSet) -> int | None:
+    """Validate a patch against the model and the samples (before any forward pass); its per-sample size."""
     if len(samples) == 0:
         raise EmptyInputError("steer() got no samples", "pass at least one Sample")
     patch.check(vlm.hidden_size, vlm.n_layers)
@@ -175,17 +165,32 @@ def steer(
                 f"image positions are steered but {len(missing)} samples have no image (e.g. {missing[:3]})",
                 "steer 'text' or 'all' positions for text-only samples, or drop them",
             )
+    return n
+
+
+def steer(
+    vlm: Any,
+    samples: Sequence[Sample],
+    patch: Patch | PatchSet,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    *,
+    progress: bool | None = None,
+    remote: bool | None = None,
+    options: RunOptions | None = None,
+) -> list[str]:
+    """Greedy answers of ``vlm`` for ``samples`` with ``patch`` applied at every generation step.
+
+    Batched with left padding like `generate` (same defaults and ``options=``); per-sample alpha/rows are
+    given for all samples and sliced per batch. Everything is validated before the first forward pass.
+    ``remote=True`` runs each batch on NDIF (see docs/remote.md).
+    """
+    opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
+    n = _check_steer_inputs(vlm, samples, patch)
     answers: list[str] = []
-    bar = tqdm(total=len(samples), desc="steer", disable=not progress, leave=False)
-    with torch.inference_mode(False), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*generation flags.*")
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            part = patch.select_rows(slice(start, start + len(batch))) if n is not None else patch
-            inputs = vlm.prepare(batch)
-            bound = part.bind(vlm, inputs)
-            run = run_generation(vlm, inputs, max_new_tokens, edit=bound, remote=remote)
-            answers += [vlm.decode(t) for t in run.tokens]
-            bar.update(len(batch))
-    bar.close()
+    for start, batch in batched(samples, opts, "steer"):
+        part = patch.select_rows(slice(start, start + len(batch))) if n is not None else patch
+        inputs = vlm.prepare(batch)
+        run = run_generation(vlm, inputs, opts.max_new_tokens, edit=part.bind(vlm, inputs), remote=opts.remote)
+        answers += [vlm.decode(t) for t in run.tokens]
     return answers
