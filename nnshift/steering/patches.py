@@ -16,6 +16,10 @@ Inside the user's own nnsight trace or generation::
         for step in tracer.iter[0:8]:
             patch(vlm, step, inputs)              # the same, in the user's step loop (step 0 = the prompt)
 
+``inputs=`` may be left out when the trace was given one prepared dict (``trace(inputs)`` or
+``trace(**inputs)``): the patch then binds to the trace's own inputs. ``patch.save(dir)`` /
+``Patch.load(dir)`` / ``PatchSet.load(dir)`` store patches as safetensors + JSON (see `patch_io`).
+
 ``ns.steer(vlm, samples, patch)`` is the convenience that returns the steered answers. The same object
 installs as TransformerLens hooks (`Patch.tl_hooks`, `Patch.hooked`).
 
@@ -29,13 +33,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from nnshift.errors import EmptyInputError, NonFiniteError, SteeringError
+from nnshift.errors import DataFormatError, EmptyInputError, NonFiniteError, SteeringError
 from nnshift.positions import Image, Selector, SelectorLike, as_selector
 from nnshift.steering.deltas import (
     LayerEdit,
@@ -47,7 +52,7 @@ from nnshift.steering.deltas import (
     resolve_edits,
     selector_parts,
 )
-from nnshift.steering.steps import current_worker, in_step_loop, on_every_step
+from nnshift.steering.steps import current_worker, in_step_loop, on_every_step, trace_inputs
 from nnshift.steering.vectors import SteeringVector
 
 __all__ = ["BoundPatch", "Patch", "PatchSet"]  # `steer` lives in nnshift.generation (importable here)
@@ -162,6 +167,8 @@ class _Steerable:
 
     def apply(self, vlm: Any, step: int | None = None, inputs: dict[str, Tensor] | None = None) -> None:
         """Inside a trace: edit one step (0 or None = the prompt pass; t > 0 = decode step t)."""
+        if inputs is None:
+            inputs = trace_inputs(current_worker())
         self._bound(vlm, inputs).apply(vlm, step)
 
     def __call__(
@@ -179,15 +186,16 @@ class _Steerable:
         the one forward of ``.trace()``; in ``.generate()`` the prompt pass and every decode step, however the
         length is set (``max_new_tokens``, ``max_length``, the model's ``generation_config``, or nothing) and
         when every row stops early; ``steps=n`` edits the first ``n`` steps only. The statements after the call
-        run in every case (no ``min_new_tokens`` needed).
+        run in every case (no ``min_new_tokens`` needed). Without ``inputs`` the patch binds to the trace's own
+        inputs when it was given one prepared dict (``trace(inputs)`` / ``trace(**inputs)``).
         """
-        bound = self._bound(vlm, inputs)
+        worker = current_worker()
+        bound = self._bound(vlm, inputs if inputs is not None else trace_inputs(worker))
         if step is not None:
             bound.apply(vlm, step)
             return
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise SteeringError(f"steps must be an int >= 1, got {steps!r}", "pass steps=n, or nothing for every step")
-        worker = current_worker()
         if in_step_loop(worker):
             raise SteeringError(
                 "patch(vlm) without a step was called inside a `for step in tracer.iter[...]` loop",
@@ -224,6 +232,12 @@ class _Steerable:
         """Context manager: the patch installed as TransformerLens hooks on ``model`` (removed on exit)."""
         with model.hooks(fwd_hooks=self.tl_hooks(model, attention_mask=attention_mask, image_mask=image_mask)):
             yield model
+
+    def save(self, path: str | Path) -> Path:
+        """Save as ``path/patch.safetensors`` + ``path/patch.json`` (format, version, provenance; see `patch_io`)."""
+        from nnshift.steering.patch_io import save_patches
+
+        return save_patches(self.patches, path, type(self).__name__)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -303,6 +317,18 @@ class Patch(_Steerable):
 
         return Patch(self.vector, pick(self.alpha), self.positions, layer=self.layer, rows=pick(self.rows))
 
+    @classmethod
+    def load(cls, path: str | Path) -> Patch:
+        """Load what `Patch.save` wrote (a saved `PatchSet` of one patch also loads)."""
+        from nnshift.steering.patch_io import load_patches
+
+        kind, patches = load_patches(path)
+        if len(patches) != 1:
+            raise DataFormatError(
+                f"{str(path)!r} holds a {kind} of {len(patches)} patches, not one patch", "load it with PatchSet.load"
+            )
+        return patches[0]
+
     def with_alpha(self, alpha: float | Tensor) -> Patch:
         """The same patch with another strength."""
         return Patch(self.vector, alpha, self.positions, layer=self.layer, rows=self.rows)
@@ -342,6 +368,13 @@ class PatchSet(_Steerable):
     def patches(self) -> tuple[Patch, ...]:
         """The patches, in the order given."""
         return self._patches
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatchSet:
+        """Load what `PatchSet.save` (or `Patch.save`: a set of one) wrote."""
+        from nnshift.steering.patch_io import load_patches
+
+        return PatchSet(load_patches(path)[1])
 
     def select_rows(self, index: slice | Sequence[int]) -> PatchSet:
         """Every patch restricted to a sub-batch (see `Patch.select_rows`)."""

@@ -16,12 +16,14 @@ itself and goes on with the block at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from torch import Tensor
 
 from nnshift.errors import SteeringError
 
-__all__ = ["current_worker", "in_step_loop", "on_every_step"]
+__all__ = ["current_worker", "in_step_loop", "on_every_step", "trace_inputs"]
 
 _OUTSIDE_HINT = "call it inside `with vlm.model.trace(...)` / `vlm.model.generate(...)`, or use ns.steer"
 
@@ -40,6 +42,33 @@ def current_worker() -> Any:
 def in_step_loop(mediator: Any) -> bool:
     """Whether the worker is inside a ``for step in tracer.iter[...]`` loop at a step other than 0."""
     return getattr(mediator, "iteration", 0) != 0
+
+
+def _input_dict(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``input_ids`` dict among one invoke's inputs (``trace(inputs)`` or ``trace(**inputs)``), if any."""
+    for candidate in (kwargs, *args):
+        ids = candidate.get("input_ids") if isinstance(candidate, Mapping) else None
+        if isinstance(ids, Tensor) and ids.ndim == 2:
+            return dict(candidate)
+    return None
+
+
+def trace_inputs(mediator: Any) -> dict[str, Any] | None:
+    """The running trace's own prepared inputs (``input_ids``, ``attention_mask``, ...) for binding a patch.
+
+    Found when the trace has one input set given as a dict or keywords with an ``input_ids`` tensor (what
+    ``vlm.prepare`` returns); None otherwise (text prompts, several invokes: nnsight pads those together, so a
+    patch must then be given ``inputs=`` explicitly or falls back to shape-based binding).
+    """
+    batcher = getattr(getattr(mediator, "interleaver", None), "batcher", None)
+    invokes = getattr(batcher, "invokes", None)
+    if not isinstance(invokes, list) or len(invokes) != 1:
+        return None
+    try:
+        args, kwargs = invokes[0]
+    except (TypeError, ValueError):
+        return None
+    return _input_dict(tuple(args), dict(kwargs))
 
 
 def _side_worker_class() -> type:
