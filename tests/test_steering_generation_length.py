@@ -194,3 +194,16 @@ def test_zoo_llava_with_images_and_its_own_generation_config():
     assert steered != plain
     assert steered == steer(vlm, samples, patch, max_new_tokens=40, progress=False)
     assert plain == ns.generate(vlm, samples, max_new_tokens=40, progress=False)
+
+
+def test_a_bound_patch_called_without_step_also_edits_every_decode_step(llama, samples):
+    inputs = llama.prepare(samples)
+    patch = _patch(llama)
+    bound = patch.bind(llama, inputs)
+    with llama.model.generate(dict(inputs), do_sample=False, pad_token_id=llama.pad_token_id) as tracer:
+        bound(llama)
+        ids = tracer.result.save()
+    plen = inputs["input_ids"].shape[1]
+    answers = [llama.decode(trim_answer(r.tolist(), llama.eos_token_ids)) for r in ids[:, plen:]]
+    assert answers == steer(llama, samples, patch, max_new_tokens=ids.shape[1] - plen, progress=False)
+    assert answers != _own_generation(llama, inputs)[0]

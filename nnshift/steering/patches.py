@@ -97,9 +97,33 @@ class BoundPatch:
                 delta = edit.decode
             vlm.set_resid(layer, h + delta.to(device=h.device, dtype=h.dtype))
 
-    def __call__(self, vlm: Any, step: int | None = None, inputs: Any = None) -> None:
-        """`apply`, with the signature of a `nnshift.generation.Edit` (``inputs`` is ignored: already bound)."""
-        self.apply(vlm, step)
+    def apply_every_step(self, vlm: Any, steps: int | None = None) -> None:
+        """Inside a trace: edit the prompt pass now and every decode step (the first ``steps`` steps) on a side worker.
+
+        Returns at once, so the statements after it run however many steps the generation makes.
+        """
+        _check_steps(steps)
+        if in_step_loop(current_worker()):
+            raise SteeringError(
+                "patch(vlm) without a step was called inside a `for step in tracer.iter[...]` loop",
+                "pass the loop's step: `patch(vlm, step, inputs)`, or call patch(vlm, inputs=inputs) once, before any loop",
+            )
+        self.apply(vlm, 0)
+        if self.edits_decode and (steps is None or steps > 1):
+            on_every_step(lambda s: self.apply(vlm, s), start=1, stop=steps)
+
+    def __call__(self, vlm: Any, step: int | None = None, inputs: Any = None, *, steps: int | None = None) -> None:
+        """With a step, `apply` (the signature of a `nnshift.generation.Edit`; ``inputs`` is ignored: already
+        bound); without one, `apply_every_step`."""
+        if step is not None:
+            self.apply(vlm, step)
+        else:
+            self.apply_every_step(vlm, steps)
+
+
+def _check_steps(steps: int | None) -> None:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise SteeringError(f"steps must be an int >= 1, got {steps!r}", "pass steps=n, or nothing for every step")
 
 
 # ---------------------------------------------------------------------------- patches
@@ -189,21 +213,10 @@ class _Steerable:
         run in every case (no ``min_new_tokens`` needed). Without ``inputs`` the patch binds to the trace's own
         inputs when it was given one prepared dict (``trace(inputs)`` / ``trace(**inputs)``).
         """
+        _check_steps(steps)
         worker = current_worker()
         bound = self._bound(vlm, inputs if inputs is not None else trace_inputs(worker))
-        if step is not None:
-            bound.apply(vlm, step)
-            return
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise SteeringError(f"steps must be an int >= 1, got {steps!r}", "pass steps=n, or nothing for every step")
-        if in_step_loop(worker):
-            raise SteeringError(
-                "patch(vlm) without a step was called inside a `for step in tracer.iter[...]` loop",
-                "pass the loop's step: `patch(vlm, step, inputs)`, or call patch(vlm, inputs=inputs) once, before any loop",
-            )
-        bound.apply(vlm, 0)
-        if bound.edits_decode and (steps is None or steps > 1):
-            on_every_step(lambda s: bound.apply(vlm, s), start=1, stop=steps)
+        bound(vlm, step, steps=steps)
 
     # ------------------------------------------------------------------ TransformerLens
     def tl_hooks(
