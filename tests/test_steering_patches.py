@@ -291,7 +291,7 @@ for remote in (False, "local"):
         logits = vlm.model.output.logits.save()
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=vlm.pad_token_id)  # decode steps on a side worker
     with vlm.model.generate(dict(inputs), **kw, **extra) as tracer:
-        patch(vlm, inputs=inputs)
+        patch(vlm)  # bound to the generation's own inputs
         ids = tracer.result.save()
     out[remote] = (logits, ids)
 with vlm.model.trace(dict(inputs)):
@@ -299,6 +299,9 @@ with vlm.model.trace(dict(inputs)):
 assert torch.equal(out[False][0], out["local"][0]), "trace differs"
 assert torch.equal(out[False][1], out["local"][1]), "generation differs"
 assert not torch.equal(out[False][0], plain), "the patch did nothing"
+with vlm.model.generate(dict(inputs), **kw) as tracer:
+    bare = tracer.result.save()
+assert not torch.equal(out[False][1], bare), "the generation was not steered"
 print("REMOTE-LOCAL-OK")
 """
 
