@@ -207,3 +207,27 @@ def test_a_bound_patch_called_without_step_also_edits_every_decode_step(llama, s
     answers = [llama.decode(trim_answer(r.tolist(), llama.eos_token_ids)) for r in ids[:, plen:]]
     assert answers == steer(llama, samples, patch, max_new_tokens=ids.shape[1] - plen, progress=False)
     assert answers != _own_generation(llama, inputs)[0]
+
+
+def test_without_a_running_interleaver_the_decode_steps_are_refused_not_skipped():
+    """If nnsight's running worker has no interleaver to join, nnshift raises instead of editing the prompt only."""
+    import weakref
+
+    from greenlet import getcurrent
+
+    from nnshift.steering.steps import on_every_step
+
+    class Worker:  # a worker of an unknown nnsight driver: no interleaver
+        interleaver = None
+        batch_group = None
+        counts_at_start: dict = {}  # noqa: RUF012
+
+    worker = Worker()
+    me = getcurrent()
+    me.mediator = weakref.ref(worker)
+    try:
+        with pytest.raises(SteeringError, match="interleaver") as info:
+            on_every_step(lambda _s: None)
+    finally:
+        del me.mediator
+    assert "tracer.iter" in info.value.hint and "min_new_tokens" in info.value.hint
