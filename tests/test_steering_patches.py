@@ -397,3 +397,12 @@ def test_spec_and_repr_are_informative(llama):
     spec = patch.spec()
     assert spec[0]["positions"] == {"kind": "Generated", "reduce": None} and spec[1]["alpha"] == [1.0, 2.0]
     assert "layer=1" in repr(patch) and "generated" in repr(patch)
+
+
+def test_scalar_rows_multiplier(llama, samples):
+    vec = _vec(llama.hidden_size, 1)
+    patch = Patch(vec, 2.0, rows=0.5)
+    assert "rows=0.5" in repr(patch) and patch.scale == 1.0 and patch.batch_size is None
+    inputs = llama.prepare(samples)
+    assert torch.equal(_nn_logits(llama, inputs, patch), _nn_logits(llama, inputs, vec.patch(1.0)))
+    assert patch.select_rows([0, 2]).rows == 0.5

@@ -30,6 +30,7 @@ from nnshift.steering.vectors import SteeringVector
 
 __all__ = [
     "LayerEdit",
+    "PatchGroup",
     "PatchLike",
     "Scale",
     "as_scale",
@@ -65,6 +66,16 @@ class PatchLike(Protocol):
     @property
     def batch_size(self) -> int | None:
         """The batch size fixed by per-sample values, or None."""
+        ...
+
+
+@runtime_checkable
+class PatchGroup(Protocol):
+    """What can be resolved: anything with its single patches in order (`Patch`, `PatchSet`)."""
+
+    @property
+    def patches(self) -> Sequence[PatchLike]:
+        """The single patches, in order."""
         ...
 
 

@@ -154,6 +154,8 @@ def load_patches(path: str | Path) -> tuple[str, list[Patch]]:
             v = e["vector"]
             vec = SteeringVector(tensors[v["tensor"]], v.get("layer"), v.get("method", "given"), v.get("info", {}))
             alpha = _scale_value(e["alpha"], tensors)
+            if alpha is None:
+                raise KeyError("alpha")
             rows = _scale_value(e.get("rows"), tensors)
             out.append(Patch(vec, alpha, selector_from_spec(e["positions"]), layer=e["layer"], rows=rows))
         return str(doc.get("kind", "PatchSet")), out

@@ -90,6 +90,8 @@ class BoundPatch:
                     continue
                 h = vlm.get_resid(layer)
                 delta = edit.prefill_delta(h)
+                if delta is None:
+                    continue
             else:
                 if edit.decode is None:
                     continue
@@ -265,7 +267,7 @@ class Patch(_Steerable):
     ``alpha``: a float, or a ``[B]`` tensor (per-sample strength). ``positions``: a selector or a shorthand
     (``"all"`` by default: every prompt position and every generated token, as in the reference code;
     ``"generated"``, ``"last_prompt"``, ``"prompt"``, ``"image"``, ``"text"``, unions ``a | b``).
-    ``rows``: a ``[B]`` on/off (bool) or multiplier per sample of the batch.
+    ``rows``: a ``[B]`` on/off (bool) or multiplier per sample of the batch (or one multiplier for all).
     """
 
     def __init__(
@@ -275,7 +277,7 @@ class Patch(_Steerable):
         positions: SelectorLike = "all",
         *,
         layer: int | None = None,
-        rows: Tensor | Sequence[bool] | Sequence[float] | None = None,
+        rows: float | Tensor | Sequence[bool] | Sequence[float] | None = None,
     ) -> None:
         if not isinstance(vector, SteeringVector):
             if (
@@ -323,12 +325,13 @@ class Patch(_Steerable):
     def select_rows(self, index: slice | Sequence[int]) -> Patch:
         """The same patch for a sub-batch: per-sample alpha/rows indexed by ``index`` (others unchanged)."""
 
-        def pick(x: Scale | None) -> Scale | None:
+        def pick(x: Scale) -> Scale:
             if not isinstance(x, Tensor):
                 return x
             return x[index] if isinstance(index, slice) else x[list(index)]
 
-        return Patch(self.vector, pick(self.alpha), self.positions, layer=self.layer, rows=pick(self.rows))
+        rows = None if self.rows is None else pick(self.rows)
+        return Patch(self.vector, pick(self.alpha), self.positions, layer=self.layer, rows=rows)
 
     @classmethod
     def load(cls, path: str | Path) -> Patch:
@@ -360,7 +363,10 @@ class Patch(_Steerable):
 
     def __repr__(self) -> str:
         alpha = f"[{self.alpha.shape[0]} values]" if isinstance(self.alpha, Tensor) else f"{self.alpha:g}"
-        rows = "" if self.rows is None else f", rows=[{self.rows.shape[0]}]"
+        if self.rows is None:
+            rows = ""
+        else:
+            rows = f", rows=[{self.rows.shape[0]}]" if isinstance(self.rows, Tensor) else f", rows={self.rows:g}"
         return f"Patch(layer={self.layer}, alpha={alpha}, positions={self.positions}{rows}, vector={self.vector!r})"
 
 

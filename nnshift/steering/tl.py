@@ -15,17 +15,14 @@ Loading a local Hugging Face folder offline in transformer-lens 4.x::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
 from nnshift.errors import PositionError, SteeringError
-from nnshift.steering.deltas import LayerEdit, resolve_edits
-
-if TYPE_CHECKING:
-    from nnshift.steering.patches import Patch, PatchSet
+from nnshift.steering.deltas import LayerEdit, PatchGroup, resolve_edits
 
 __all__ = ["TLHook", "model_dims", "resid_post_name", "tl_hooks"]
 
@@ -93,7 +90,7 @@ class TLHook:
 
 
 def tl_hooks(
-    patch: Patch | PatchSet,
+    patch: PatchGroup,
     model: Any,
     *,
     attention_mask: Int[Tensor, "b s"] | None = None,
