@@ -12,6 +12,7 @@ from nnshift.errors import NnshiftError
 from nnshift.generation import generate
 from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures
 from nnshift.read import cache_activations, read, read_activations
+from nnshift.options import RunOptions
 from nnshift.steering import steer
 from nnshift.store import Activations, ActivationStore, load_activations, pair, repair_store, verify_store
 
@@ -21,6 +22,7 @@ __all__ = [
     "Activations",
     "ModelAdapter",
     "NnshiftError",
+    "RunOptions",
     "Sample",
     "__version__",
     "cache_activations",

@@ -9,15 +9,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
+from nnshift.options import RunOptions, batched, run_options
 from nnshift.positions import Generated, Selector, SelectorLike, TokenOfInterest, as_selector, find_word_token
 from nnshift.store import Activations, ActivationStore, sample_id_of
 
 __all__ = ["capture", "provenance", "store_key"]
+
+_CAPTURE_DEFAULTS = RunOptions(max_new_tokens=32)
 
 
 def provenance() -> dict[str, str]:
@@ -196,13 +198,12 @@ def _rows_from_generation(
     batch: Sequence[Sample],
     selector: Any,
     layers: list[int],
-    max_new_tokens: int,
+    reduce: str | None,
     rows: _Rows,
     dtype: Any,
-    remote: bool = False,
-    reduce: str | None = None,
+    options: RunOptions,
 ) -> None:
-    run = run_generation(vlm, vlm.prepare(batch), max_new_tokens, layers=layers, remote=remote)
+    run = run_generation(vlm, vlm.prepare(batch), options.max_new_tokens, layers=layers, remote=options.remote)
     n_steps = len(run.states[layers[0]])
     for b, sample in enumerate(batch):
         answer_ids = run.tokens[b]
@@ -239,8 +240,9 @@ def _rows_from_forward(
     reduce: str | None,
     rows: _Rows,
     dtype: Any,
-    remote: bool = False,
+    options: RunOptions,
 ) -> None:
+    remote = options.remote
     if remote:
         ensure_remote_ready()
     inputs = vlm.prepare(batch)
@@ -311,14 +313,15 @@ def capture(
     layer: int | Sequence[int] = -1,
     at: SelectorLike = "last_prompt",
     *,
-    batch_size: int = 16,
-    max_new_tokens: int = 32,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
     reduce: str | None = None,
     out: str | Path | None = None,
     shard_size: int = 256,
     dtype: torch.dtype = torch.float32,
-    progress: bool = True,
-    remote: bool = False,
+    progress: bool | None = None,
+    remote: bool | None = None,
+    options: RunOptions | None = None,
 ) -> Activations | dict[int, Activations]:
     """Residual-stream states of ``vlm`` after decoder block ``layer`` at the positions ``at`` selects.
 
@@ -331,16 +334,26 @@ def capture(
     Several layers (a list) give a dict ``{layer: Activations}`` from one pass. ``remote=True`` runs the
     traces on NDIF (nnsight's ``CONFIG.API``; see docs/remote.md). Everything that changes the numbers is
     the store's key: resuming with another model, weights, adapter, dtype, processor, layer, selector,
-    generation setting or dataset raises `StoreMismatchError` naming the field.
+    generation setting or dataset raises `StoreMismatchError` naming the field. Defaults: batches of 16,
+    32 new tokens, a progress bar, local; ``options=`` (a `RunOptions`) sets them at once, explicit keywords
+    win over it.
     """
+    opts = run_options(
+        options,
+        _CAPTURE_DEFAULTS,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        remote=remote,
+    )
     selector = as_selector(at)
-    sizes = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "shard_size": shard_size}
+    sizes = {"batch_size": opts.batch_size, "max_new_tokens": opts.max_new_tokens, "shard_size": shard_size}
     samples = _check_args(samples, layer, selector, reduce, dtype, sizes)
     single = not isinstance(layer, (list, tuple, range))
     layers = sorted({vlm.layer_index(x) for x in _layer_list(layer)})
     if isinstance(selector, Generated) and reduce is None:
         reduce = selector.reduce
-    key = store_key(vlm, samples, layers, selector, reduce, dtype, max_new_tokens)
+    key = store_key(vlm, samples, layers, selector, reduce, dtype, opts.max_new_tokens)
     store = ActivationStore(out, key, expected=len(samples)) if out is not None else None
     try:
         return _capture_run(
@@ -352,12 +365,9 @@ def capture(
             reduce,
             key,
             store,
-            batch_size,
-            max_new_tokens,
+            opts,
             shard_size,
             dtype,
-            progress,
-            remote,
         )
     finally:
         if store is not None:
@@ -373,12 +383,9 @@ def _capture_run(
     reduce: str | None,
     key: dict[str, Any],
     store: ActivationStore | None,
-    batch_size: int,
-    max_new_tokens: int,
+    opts: RunOptions,
     shard_size: int,
     dtype: torch.dtype,
-    progress: bool,
-    remote: bool,
 ) -> Activations | dict[int, Activations]:
     """The capture loop behind `capture`, after validation (the store, if any, is locked)."""
     done = store.done_ids if store is not None else set()
@@ -402,22 +409,29 @@ def _capture_run(
         rows.clear()
         pending = 0
 
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"capture {selector}", disable=not progress)
-    with torch.inference_mode(False), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*generation flags.*")
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            if selector.needs_generation:
-                _rows_from_generation(vlm, batch, selector, layers, max_new_tokens, rows, dtype, remote, reduce)
-            else:
-                _rows_from_forward(vlm, batch, selector, layers, reduce, rows, dtype, remote)
-            pending += len(batch)
-            bar.update(len(batch))
-            bar.set_postfix(kept=len(rows.ids), skipped=len(rows.skipped))
-            if pending >= shard_size:
-                flush()
+    build = _rows_from_generation if selector.needs_generation else _rows_from_forward
+    counts = {"kept": 0, "skipped": 0}  # over all shards of this call
+
+    def postfix() -> dict[str, int]:
+        return {"kept": counts["kept"] + len(rows.ids), "skipped": counts["skipped"] + len(rows.skipped)}
+
+    loop = batched(
+        todo,
+        opts,
+        f"capture {selector}",
+        total=len(samples),
+        initial=len(samples) - len(todo),
+        leave=True,
+        postfix=postfix,
+    )
+    for _, batch in loop:
+        build(vlm, batch, selector, layers, reduce, rows, dtype, opts)
+        pending += len(batch)
+        if pending >= shard_size:
+            counts["kept"] += len(rows.ids)
+            counts["skipped"] += len(rows.skipped)
+            flush()
     flush()
-    bar.close()
 
     result = _assemble(vlm, samples, layers, key, store, mem, skipped)
     first = result[layers[0]]

@@ -29,6 +29,7 @@ __all__ = [
     "ModelWeightsError",
     "LoraAdapterError",
     "DeviceError",
+    "OptionsError",
 ]
 
 
@@ -139,3 +140,7 @@ class LoraAdapterError(ModelLoadError):
 
 class DeviceError(NnshiftError, ValueError):
     """A device that this machine does not have (e.g. ``"cuda"`` without a GPU)."""
+
+
+class OptionsError(ArgumentError):
+    """A run option out of range or of the wrong type (batch size, number of new tokens, progress, remote)."""

@@ -5,17 +5,20 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from nnshift.data import Sample
-from nnshift.errors import EmptyInputError
+from nnshift.errors import EmptyInputError, PositionError
+from nnshift.options import RunOptions, batched, run_options
 
-__all__ = ["BatchRun", "Edit", "ensure_remote_ready", "generate", "run_generation", "trim_answer"]
+if TYPE_CHECKING:
+    from nnshift.steering.patches import Patch, PatchSet
+
+__all__ = ["BatchRun", "Edit", "ensure_remote_ready", "generate", "run_generation", "steer", "trim_answer"]
 
 #: an edit applied inside the trace at each generation step: edit(vlm, step, inputs)
 Edit = Callable[[Any, int, dict[str, Tensor]], None]
@@ -122,20 +125,72 @@ def _run(
 def generate(
     vlm: Any,
     samples: Sequence[Sample],
-    max_new_tokens: int = 20,
-    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
     edit: Edit | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
+    *,
+    remote: bool | None = None,
+    options: RunOptions | None = None,
 ) -> list[str]:
-    """Greedy answers of ``vlm`` for ``samples`` (batched, left padding), as text."""
+    """Greedy answers of ``vlm`` for ``samples`` (batched, left padding), as text.
+
+    Defaults: 20 new tokens, batches of 16, a progress bar, local; ``options=`` (a `RunOptions`) sets them
+    all at once and explicit keywords win over it. ``remote=True`` runs each batch on NDIF.
+    """
+    opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
     if len(samples) == 0:
         raise EmptyInputError("generate() got no samples", "pass at least one Sample")
     answers: list[str] = []
-    bar = tqdm(total=len(samples), desc="generate", disable=not progress, leave=False)
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        run = run_generation(vlm, vlm.prepare(batch), max_new_tokens, edit=edit)
+    for _, batch in batched(samples, opts, "generate"):
+        run = run_generation(vlm, vlm.prepare(batch), opts.max_new_tokens, edit=edit, remote=opts.remote)
         answers += [vlm.decode(t) for t in run.tokens]
-        bar.update(len(batch))
-    bar.close()
+    return answers
+
+
+def _check_steer_inputs(vlm: Any, samples: Sequence[Sample], patch: Patch | PatchSet) -> int | None:
+    """Validate a patch against the model and the samples (before any forward pass); its per-sample size."""
+    if len(samples) == 0:
+        raise EmptyInputError("steer() got no samples", "pass at least one Sample")
+    patch.check(vlm.hidden_size, vlm.n_layers)
+    n = patch.batch_size
+    if n is not None and n != len(samples):
+        raise PositionError(
+            f"per-sample alpha/rows have {n} entries for {len(samples)} samples", "give one entry per sample"
+        )
+    if patch.steers_images:
+        missing = [s.id for s in samples if s.image is None]
+        if missing:
+            raise PositionError(
+                f"image positions are steered but {len(missing)} samples have no image (e.g. {missing[:3]})",
+                "steer 'text' or 'all' positions for text-only samples, or drop them",
+            )
+    return n
+
+
+def steer(
+    vlm: Any,
+    samples: Sequence[Sample],
+    patch: Patch | PatchSet,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    *,
+    progress: bool | None = None,
+    remote: bool | None = None,
+    options: RunOptions | None = None,
+) -> list[str]:
+    """Greedy answers of ``vlm`` for ``samples`` with ``patch`` applied at every generation step.
+
+    Batched with left padding like `generate` (same defaults and ``options=``); per-sample alpha/rows are
+    given for all samples and sliced per batch. Everything is validated before the first forward pass.
+    ``remote=True`` runs each batch on NDIF (see docs/remote.md).
+    """
+    opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
+    n = _check_steer_inputs(vlm, samples, patch)
+    answers: list[str] = []
+    for start, batch in batched(samples, opts, "steer"):
+        part = patch.select_rows(slice(start, start + len(batch))) if n is not None else patch
+        inputs = vlm.prepare(batch)
+        run = run_generation(vlm, inputs, opts.max_new_tokens, edit=part.bind(vlm, inputs), remote=opts.remote)
+        answers += [vlm.decode(t) for t in run.tokens]
     return answers

@@ -163,7 +163,7 @@ def test_generation_edits_every_decode_step_under_kv_cache(llama, samples, where
     try:
         kw = dict(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=llama.pad_token_id)
         with llama.model.generate(dict(inputs), **kw) as tracer:
-            patch(llama, inputs=inputs)  # every step: max_new_tokens is read from the call
+            patch(llama, inputs=inputs)  # every step, however the length is set
             out = tracer.result.save()
     finally:
         handle.remove()
@@ -289,9 +289,9 @@ for remote in (False, "local"):
     with vlm.model.trace(dict(inputs), **extra):
         patch(vlm, inputs=inputs)
         logits = vlm.model.output.logits.save()
-    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=vlm.pad_token_id)
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=vlm.pad_token_id)  # decode steps on a side worker
     with vlm.model.generate(dict(inputs), **kw, **extra) as tracer:
-        patch(vlm, inputs=inputs)
+        patch(vlm)  # bound to the generation's own inputs
         ids = tracer.result.save()
     out[remote] = (logits, ids)
 with vlm.model.trace(dict(inputs)):
@@ -299,6 +299,9 @@ with vlm.model.trace(dict(inputs)):
 assert torch.equal(out[False][0], out["local"][0]), "trace differs"
 assert torch.equal(out[False][1], out["local"][1]), "generation differs"
 assert not torch.equal(out[False][0], plain), "the patch did nothing"
+with vlm.model.generate(dict(inputs), **kw) as tracer:
+    bare = tracer.result.save()
+assert not torch.equal(out[False][1], bare), "the generation was not steered"
 print("REMOTE-LOCAL-OK")
 """
 
@@ -394,3 +397,12 @@ def test_spec_and_repr_are_informative(llama):
     spec = patch.spec()
     assert spec[0]["positions"] == {"kind": "Generated", "reduce": None} and spec[1]["alpha"] == [1.0, 2.0]
     assert "layer=1" in repr(patch) and "generated" in repr(patch)
+
+
+def test_scalar_rows_multiplier(llama, samples):
+    vec = _vec(llama.hidden_size, 1)
+    patch = Patch(vec, 2.0, rows=0.5)
+    assert "rows=0.5" in repr(patch) and patch.scale == 1.0 and patch.batch_size is None
+    inputs = llama.prepare(samples)
+    assert torch.equal(_nn_logits(llama, inputs, patch), _nn_logits(llama, inputs, vec.patch(1.0)))
+    assert patch.select_rows([0, 2]).rows == 0.5

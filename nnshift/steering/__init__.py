@@ -1,6 +1,8 @@
 """Steering: vectors (coarse, target-answer, fine-grained), trace-time patches, and how to choose vectors."""
 
-from nnshift.steering.patches import BoundPatch, Patch, PatchSet, steer
+from nnshift.generation import steer
+from nnshift.steering.deltas import LayerEdit, resolve_edits
+from nnshift.steering.patches import BoundPatch, Patch, PatchSet
 from nnshift.steering.select import (
     ImpactScore,
     ProximityScore,
@@ -26,6 +28,7 @@ from nnshift.steering.vectors import (
 __all__ = [
     "BoundPatch",
     "ImpactScore",
+    "LayerEdit",
     "Patch",
     "PatchSet",
     "ProximityScore",
@@ -41,6 +44,7 @@ __all__ = [
     "kmeans_1d",
     "load_vectors",
     "rank_impact",
+    "resolve_edits",
     "save_vectors",
     "steer",
     "target_answer",

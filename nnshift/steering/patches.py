@@ -9,12 +9,16 @@ They never change the model's weights.
 Inside the user's own nnsight trace or generation::
 
     with vlm.model.generate(inputs, max_new_tokens=8) as tracer:
-        patch(vlm, inputs=inputs)                 # every generation step (max_new_tokens read from the call)
-        out = tracer.result.save()
+        patch(vlm, inputs=inputs)                 # every generation step, however the length is set
+        out = tracer.result.save()                # runs even when every row stops early
 
     with vlm.model.generate(inputs, max_new_tokens=8) as tracer:
         for step in tracer.iter[0:8]:
             patch(vlm, step, inputs)              # the same, in the user's step loop (step 0 = the prompt)
+
+``inputs=`` may be left out when the trace was given one prepared dict (``trace(inputs)`` or
+``trace(**inputs)``): the patch then binds to the trace's own inputs. ``patch.save(dir)`` /
+``Patch.load(dir)`` / ``PatchSet.load(dir)`` store patches as safetensors + JSON (see `patch_io`).
 
 ``ns.steer(vlm, samples, patch)`` is the convenience that returns the steered answers. The same object
 installs as TransformerLens hooks (`Patch.tl_hooks`, `Patch.hooked`).
@@ -28,153 +32,30 @@ Everything that can fail is checked before the first forward pass: vector size v
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from nnshift.data import Sample
-from nnshift.errors import (
-    EmptyInputError,
-    HiddenSizeMismatchError,
-    LayerOutOfRangeError,
-    NonFiniteError,
-    PositionError,
-    SteeringError,
+from nnshift.errors import DataFormatError, EmptyInputError, NonFiniteError, SteeringError
+from nnshift.positions import Image, Selector, SelectorLike, as_selector
+from nnshift.steering.deltas import (
+    LayerEdit,
+    Scale,
+    as_scale,
+    batch_of,
+    check_patches,
+    common_batch_size,
+    resolve_edits,
+    selector_parts,
 )
-from nnshift.positions import Image, Selector, SelectorLike, Text, TokenOfInterest, Union, as_selector
+from nnshift.steering.steps import current_worker, in_step_loop, on_every_step, trace_inputs
 from nnshift.steering.vectors import SteeringVector
 
-__all__ = ["BoundPatch", "Patch", "PatchSet", "steer"]
-
-Scale = float | Float[Tensor, " _batch"]  # a float, or one value per sample
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def _parts(selector: Selector) -> list[Selector]:
-    return list(selector.parts) if isinstance(selector, Union) else [selector]
-
-
-def _needs_image_mask(selector: Selector) -> bool:
-    return any(isinstance(p, (Image, Text)) for p in _parts(selector))
-
-
-def _as_scale(x: Any, what: str) -> Scale:
-    """A float, or a 1-D float32 tensor (bools become 0/1)."""
-    if isinstance(x, Tensor):
-        t = x.detach()
-    elif isinstance(x, (int, float)) and not isinstance(x, bool):
-        v = float(x)
-        if v != v or v in (float("inf"), float("-inf")):
-            raise NonFiniteError(f"{what} is {v}", f"use a finite {what}")
-        return v
-    else:
-        try:
-            t = torch.as_tensor(list(x))
-        except (TypeError, ValueError) as exc:
-            raise SteeringError(f"{what} must be a number or a [B] sequence, got {type(x).__name__}", "") from exc
-    if t.ndim == 0:
-        return _as_scale(float(t), what)
-    if t.ndim != 1 or t.shape[0] == 0:
-        raise SteeringError(f"{what} must be a scalar or a [B] vector, got shape {tuple(t.shape)}", "one per sample")
-    t = t.to(dtype=torch.float32, device="cpu")
-    if not bool(torch.isfinite(t).all()):
-        raise NonFiniteError(f"{what} has NaN/Inf values", f"use finite {what} values")
-    return t
-
-
-def _batch_of(x: Scale) -> int | None:
-    return int(x.shape[0]) if isinstance(x, Tensor) else None
-
-
-@dataclass
-class _LayerEdit:
-    """What one layer receives: a precomputed prefill delta (or lazy parts needing the traced shape) and a decode delta."""
-
-    prefill: Tensor | None = None  # [D], [B, 1, D] or [B, S, D] (model dtype, device)
-    lazy: list[tuple[Selector, Scale, Tensor]] = field(default_factory=list)  # (selector, scale, vec float32)
-    decode: Tensor | None = None  # [D] or [B, 1, D]
-
-    def prefill_delta(self, h: Tensor) -> Tensor | None:
-        """The prompt-pass delta for a traced output ``h`` [B, S, D] (lazy parts resolved from its shape)."""
-        delta = self.prefill
-        if (
-            delta is not None
-            and delta.ndim == 3
-            and (delta.shape[1] not in (1, h.shape[1]) or delta.shape[0] != h.shape[0])
-        ):
-            raise PositionError(
-                f"the patch was bound to inputs of shape {tuple(delta.shape[:2])} but the traced layer output is "
-                f"{tuple(h.shape[:2])}",
-                "bind the patch to the same inputs as the trace (patch(vlm, inputs=inputs))",
-            )
-        for selector, scale, vec in self.lazy:
-            b, s = h.shape[0], h.shape[1]
-            mask = selector.prefill_mask(torch.ones(b, s, dtype=torch.long), torch.zeros(b, s, dtype=torch.bool))
-            d = _delta_from_weights(_weights(mask, scale), vec, h.device, h.dtype)
-            delta = d if delta is None else delta + d
-        return delta
-
-
-def _weights(mask: Bool[Tensor, "b s"], scale: float | Tensor) -> Float[Tensor, "b s"]:
-    w = mask.to(torch.float32)
-    if isinstance(scale, Tensor):
-        if scale.shape[0] != w.shape[0]:
-            raise PositionError(
-                f"per-sample alpha/rows have {scale.shape[0]} entries for a batch of {w.shape[0]}",
-                "give one entry per sample of the batch",
-            )
-        return w * scale.unsqueeze(1)
-    return w * scale
-
-
-def _delta_from_weights(
-    w: Float[Tensor, "b s"], vec: Float[Tensor, " d"], device: torch.device, dtype: torch.dtype
-) -> Tensor:
-    """``w[..., None] * vec`` in float32, cast to the model dtype; collapsed to [D] when ``w`` is one constant."""
-    vec = vec.to(device=device, dtype=torch.float32)
-    flat = w.flatten()
-    if flat.numel() and bool((flat == flat[0]).all()):
-        return (float(flat[0]) * vec).to(dtype=dtype)
-    if bool((w == w[:, :1]).all()):
-        w = w[:, :1]
-    return (w.to(device).unsqueeze(-1) * vec).to(dtype=dtype)
-
-
-def _scaled(scale: Scale, vec: Float[Tensor, " d"], device: torch.device, dtype: torch.dtype) -> Tensor:
-    vec = vec.to(device=device, dtype=torch.float32)
-    if isinstance(scale, Tensor):
-        return (scale.to(device).view(-1, 1, 1) * vec).to(dtype=dtype)
-    return (scale * vec).to(dtype=dtype)
-
-
-def _target_device(device: torch.device) -> torch.device:
-    # a meta (NDIF client) model: keep the values on the CPU, the server moves them to the layer's device
-    return torch.device("cpu") if device.type == "meta" else device
-
-
-def _current_steps() -> int | None:
-    """Inside a trace: ``max_new_tokens`` of the running generate call, or None for a single forward."""
-    from greenlet import getcurrent
-
-    ref = getattr(getcurrent(), "mediator", None)
-    if ref is None or ref() is None:
-        raise SteeringError(
-            "a patch was called outside an nnsight trace",
-            "call it inside `with vlm.model.trace(...)` / `vlm.model.generate(...)`, or use ns.steer",
-        )
-    batcher = getattr(getattr(ref(), "interleaver", None), "batcher", None)
-    kwargs = getattr(batcher, "kwargs", None) or {}
-    steps = kwargs.get("max_new_tokens")
-    return int(steps) if steps is not None else None
-
+__all__ = ["BoundPatch", "Patch", "PatchSet"]  # `steer` lives in nnshift.generation (importable here)
 
 # ---------------------------------------------------------------------------- bound patches
 
@@ -186,7 +67,7 @@ class BoundPatch:
     step under the KV cache. Only tensor arithmetic happens there.
     """
 
-    def __init__(self, edits: dict[int, _LayerEdit], batch_size: int | None) -> None:
+    def __init__(self, edits: dict[int, LayerEdit], batch_size: int | None) -> None:
         self.edits = dict(sorted(edits.items()))
         self.batch_size = batch_size
 
@@ -194,6 +75,11 @@ class BoundPatch:
     def layers(self) -> list[int]:
         """The edited layers, in order."""
         return list(self.edits)
+
+    @property
+    def edits_decode(self) -> bool:
+        """Whether any layer is edited at decode steps (t > 0)."""
+        return any(e.decode is not None for e in self.edits.values())
 
     def apply(self, vlm: Any, step: int | None = None) -> None:
         """Inside an nnsight trace: add the deltas of this step to every patched layer, in layer order."""
@@ -204,6 +90,8 @@ class BoundPatch:
                     continue
                 h = vlm.get_resid(layer)
                 delta = edit.prefill_delta(h)
+                if delta is None:
+                    continue
             else:
                 if edit.decode is None:
                     continue
@@ -211,9 +99,33 @@ class BoundPatch:
                 delta = edit.decode
             vlm.set_resid(layer, h + delta.to(device=h.device, dtype=h.dtype))
 
-    def __call__(self, vlm: Any, step: int | None = None, inputs: Any = None) -> None:
-        """`apply`, with the signature of a `nnshift.generation.Edit` (``inputs`` is ignored: already bound)."""
-        self.apply(vlm, step)
+    def apply_every_step(self, vlm: Any, steps: int | None = None) -> None:
+        """Inside a trace: edit the prompt pass now and every decode step (the first ``steps`` steps) on a side worker.
+
+        Returns at once, so the statements after it run however many steps the generation makes.
+        """
+        _check_steps(steps)
+        if in_step_loop(current_worker()):
+            raise SteeringError(
+                "patch(vlm) without a step was called inside a `for step in tracer.iter[...]` loop",
+                "pass the loop's step: `patch(vlm, step, inputs)`, or call patch(vlm, inputs=inputs) once, before any loop",
+            )
+        self.apply(vlm, 0)
+        if self.edits_decode and (steps is None or steps > 1):
+            on_every_step(lambda s: self.apply(vlm, s), start=1, stop=steps)
+
+    def __call__(self, vlm: Any, step: int | None = None, inputs: Any = None, *, steps: int | None = None) -> None:
+        """With a step, `apply` (the signature of a `nnshift.generation.Edit`; ``inputs`` is ignored: already
+        bound); without one, `apply_every_step`."""
+        if step is not None:
+            self.apply(vlm, step)
+        else:
+            self.apply_every_step(vlm, steps)
+
+
+def _check_steps(steps: int | None) -> None:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise SteeringError(f"steps must be an int >= 1, got {steps!r}", "pass steps=n, or nothing for every step")
 
 
 # ---------------------------------------------------------------------------- patches
@@ -242,84 +154,16 @@ class _Steerable:
     @property
     def batch_size(self) -> int | None:
         """The batch size fixed by per-sample alpha/rows (None if every patch is batch-independent)."""
-        sizes = {n for p in self.patches if (n := p.batch_size) is not None}
-        if len(sizes) > 1:
-            raise SteeringError(f"patches with per-sample values for different batch sizes {sorted(sizes)}", "")
-        return next(iter(sizes)) if sizes else None
+        return common_batch_size(self.patches)
+
+    @property
+    def steers_images(self) -> bool:
+        """Whether any patch edits image positions (then every sample needs an image)."""
+        return any(isinstance(x, Image) for p in self.patches for x in selector_parts(p.positions))
 
     def check(self, hidden_size: int, n_layers: int) -> list[int]:
         """Validate sizes, layers and values against a model's hidden size and layer count; the layers (0-based)."""
-        out = []
-        for p in self.patches:
-            if p.vector.dim != hidden_size:
-                raise HiddenSizeMismatchError(
-                    f"the steering vector has size {p.vector.dim}, the model's hidden size is {hidden_size}",
-                    "compute the vector from activations of this model",
-                )
-            if not -n_layers <= p.layer < n_layers:
-                raise LayerOutOfRangeError(
-                    f"patch layer {p.layer} is out of range: the model has {n_layers} decoder layers "
-                    f"(valid -{n_layers}..{n_layers - 1})",
-                    "layers count the language model's decoder blocks only; -1 is the last",
-                )
-            if not bool(torch.isfinite(p.vector.vector).all()):
-                raise NonFiniteError("the steering vector has NaN/Inf values", "recompute it from finite activations")
-            out.append(p.layer % n_layers)
-        self.batch_size  # noqa: B018 - raises on inconsistent per-sample sizes
-        return out
-
-    def _edits(
-        self,
-        n_layers: int,
-        hidden_size: int,
-        attention_mask: Int[Tensor, "b s"] | None,
-        image_mask: Bool[Tensor, "b s"] | None,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> tuple[dict[int, _LayerEdit], int | None]:
-        layers = self.check(hidden_size, n_layers)
-        batch = int(attention_mask.shape[0]) if attention_mask is not None else self.batch_size
-        if attention_mask is not None and self.batch_size not in (None, batch):
-            raise PositionError(
-                f"per-sample alpha/rows have {self.batch_size} entries for a batch of {batch}",
-                "give one entry per sample of the batch (ns.steer slices them per batch for you)",
-            )
-        device = _target_device(device)
-        parts: dict[int, dict[str, Any]] = {}
-        for p, layer in zip(self.patches, layers, strict=True):
-            sel, scale, vec = p.positions, p.scale, p.vector.vector
-            slot = parts.setdefault(layer, {"pre": [], "lazy": [], "dec": []})
-            if isinstance(sel, TokenOfInterest):
-                raise PositionError(
-                    "token_of_interest() positions are known only after generation and cannot be steered",
-                    "steer 'all', 'generated', 'last_prompt', 'prompt', 'image' or 'text' positions",
-                )
-            if attention_mask is not None:
-                img = image_mask if image_mask is not None else torch.zeros_like(attention_mask, dtype=torch.bool)
-                mask = sel.prefill_mask(attention_mask.cpu(), img.cpu())
-                if not bool(mask.any()) and not sel.decode_step():
-                    raise PositionError(f"the positions {sel} select nothing in this input", "check the selector")
-                if bool(mask.any()):
-                    slot["pre"].append(_delta_from_weights(_weights(mask, scale), vec, device, torch.float32))
-            else:
-                if _needs_image_mask(sel):
-                    raise PositionError(
-                        f"the positions {sel} need the batch's input ids (image tokens) to be resolved",
-                        "pass inputs= (the dict given to the trace) when applying or binding the patch",
-                    )
-                slot["lazy"].append((sel, scale, vec.detach().cpu()))
-            if sel.decode_step():
-                slot["dec"].append(_scaled(scale, vec, device, torch.float32))
-        edits: dict[int, _LayerEdit] = {}
-        for layer, slot in parts.items():
-            pre = _sum(slot["pre"])
-            dec = _sum(slot["dec"])
-            edits[layer] = _LayerEdit(
-                prefill=None if pre is None else pre.to(dtype=dtype),
-                lazy=slot["lazy"],
-                decode=None if dec is None else dec.to(dtype=dtype),
-            )
-        return edits, batch
+        return check_patches(self.patches, hidden_size, n_layers)
 
     def bind(self, vlm: Any, inputs: dict[str, Tensor] | None = None) -> BoundPatch:
         """Validate against ``vlm`` and precompute the per-layer deltas for the batch ``inputs`` (before a trace).
@@ -335,7 +179,7 @@ class _Steerable:
             if attn is None:
                 attn = torch.ones_like(ids)
             img = vlm.image_token_mask(ids)
-        edits, batch = self._edits(vlm.n_layers, vlm.hidden_size, attn, img, vlm.device, vlm.dtype)
+        edits, batch = resolve_edits(self.patches, vlm.n_layers, vlm.hidden_size, attn, img, vlm.device, vlm.dtype)
         return BoundPatch(edits, batch)
 
     def _bound(self, vlm: Any, inputs: dict[str, Tensor] | None) -> BoundPatch:
@@ -349,6 +193,8 @@ class _Steerable:
 
     def apply(self, vlm: Any, step: int | None = None, inputs: dict[str, Tensor] | None = None) -> None:
         """Inside a trace: edit one step (0 or None = the prompt pass; t > 0 = decode step t)."""
+        if inputs is None:
+            inputs = trace_inputs(current_worker())
         self._bound(vlm, inputs).apply(vlm, step)
 
     def __call__(
@@ -363,21 +209,16 @@ class _Steerable:
 
         ``patch(vlm, step, inputs)`` edits one step (the signature of a `nnshift.generation.Edit`, for a
         ``for step in tracer.iter[...]`` loop). ``patch(vlm)`` / ``patch(vlm, inputs=inputs)`` edits every step:
-        one forward in ``.trace()``, ``max_new_tokens`` steps in ``.generate()`` (or ``steps=``). Put anything
-        that reads results after it (and pass ``min_new_tokens`` when every row may stop early).
+        the one forward of ``.trace()``; in ``.generate()`` the prompt pass and every decode step, however the
+        length is set (``max_new_tokens``, ``max_length``, the model's ``generation_config``, or nothing) and
+        when every row stops early; ``steps=n`` edits the first ``n`` steps only. The statements after the call
+        run in every case (no ``min_new_tokens`` needed). Without ``inputs`` the patch binds to the trace's own
+        inputs when it was given one prepared dict (``trace(inputs)`` / ``trace(**inputs)``).
         """
-        bound = self._bound(vlm, inputs)
-        if step is not None:
-            bound.apply(vlm, step)
-            return
-        n = steps if steps is not None else _current_steps()
-        if n is None:
-            bound.apply(vlm, 0)
-            return
-        from nnsight.intervention.iterator import Iterations
-
-        for s in Iterations()[0 : int(n)]:
-            bound.apply(vlm, s)
+        _check_steps(steps)
+        worker = current_worker()
+        bound = self._bound(vlm, inputs if inputs is not None else trace_inputs(worker))
+        bound(vlm, step, steps=steps)
 
     # ------------------------------------------------------------------ TransformerLens
     def tl_hooks(
@@ -407,18 +248,16 @@ class _Steerable:
         with model.hooks(fwd_hooks=self.tl_hooks(model, attention_mask=attention_mask, image_mask=image_mask)):
             yield model
 
+    def save(self, path: str | Path) -> Path:
+        """Save as ``path/patch.safetensors`` + ``path/patch.json`` (format, version, provenance; see `patch_io`)."""
+        from nnshift.steering.patch_io import save_patches
+
+        return save_patches(self.patches, path, type(self).__name__)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_cache", None)
         return state
-
-
-def _sum(deltas: list[Tensor]) -> Tensor | None:
-    """Sum of broadcastable deltas ([D], [B, 1, D], [B, S, D]), in float32."""
-    out = None
-    for d in deltas:
-        out = d if out is None else out + d
-    return out
 
 
 class Patch(_Steerable):
@@ -428,7 +267,7 @@ class Patch(_Steerable):
     ``alpha``: a float, or a ``[B]`` tensor (per-sample strength). ``positions``: a selector or a shorthand
     (``"all"`` by default: every prompt position and every generated token, as in the reference code;
     ``"generated"``, ``"last_prompt"``, ``"prompt"``, ``"image"``, ``"text"``, unions ``a | b``).
-    ``rows``: a ``[B]`` on/off (bool) or multiplier per sample of the batch.
+    ``rows``: a ``[B]`` on/off (bool) or multiplier per sample of the batch (or one multiplier for all).
     """
 
     def __init__(
@@ -438,7 +277,7 @@ class Patch(_Steerable):
         positions: SelectorLike = "all",
         *,
         layer: int | None = None,
-        rows: Tensor | Sequence[bool] | Sequence[float] | None = None,
+        rows: float | Tensor | Sequence[bool] | Sequence[float] | None = None,
     ) -> None:
         if not isinstance(vector, SteeringVector):
             if (
@@ -459,10 +298,10 @@ class Patch(_Steerable):
             except (TypeError, ValueError) as exc:
                 raise SteeringError(f"layer must be an int, got {type(layer).__name__}", "") from exc
         self.layer: int = layer
-        self.alpha: Scale = _as_scale(alpha, "alpha")
-        self.rows: Scale | None = None if rows is None else _as_scale(rows, "rows")
+        self.alpha: Scale = as_scale(alpha, "alpha")
+        self.rows: Scale | None = None if rows is None else as_scale(rows, "rows")
         self.positions: Selector = as_selector(positions)
-        na, nr = _batch_of(self.alpha), _batch_of(self.rows) if self.rows is not None else None
+        na, nr = batch_of(self.alpha), batch_of(self.rows) if self.rows is not None else None
         if na is not None and nr is not None and na != nr:
             raise SteeringError(f"alpha has {na} entries and rows {nr}", "give both one entry per sample")
 
@@ -481,17 +320,30 @@ class Patch(_Steerable):
     @property
     def batch_size(self) -> int | None:
         """The batch size fixed by per-sample alpha/rows, or None."""
-        return _batch_of(self.scale)
+        return batch_of(self.scale)
 
     def select_rows(self, index: slice | Sequence[int]) -> Patch:
         """The same patch for a sub-batch: per-sample alpha/rows indexed by ``index`` (others unchanged)."""
 
-        def pick(x: Scale | None) -> Scale | None:
+        def pick(x: Scale) -> Scale:
             if not isinstance(x, Tensor):
                 return x
             return x[index] if isinstance(index, slice) else x[list(index)]
 
-        return Patch(self.vector, pick(self.alpha), self.positions, layer=self.layer, rows=pick(self.rows))
+        rows = None if self.rows is None else pick(self.rows)
+        return Patch(self.vector, pick(self.alpha), self.positions, layer=self.layer, rows=rows)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Patch:
+        """Load what `Patch.save` wrote (a saved `PatchSet` of one patch also loads)."""
+        from nnshift.steering.patch_io import load_patches
+
+        kind, patches = load_patches(path)
+        if len(patches) != 1:
+            raise DataFormatError(
+                f"{str(path)!r} holds a {kind} of {len(patches)} patches, not one patch", "load it with PatchSet.load"
+            )
+        return patches[0]
 
     def with_alpha(self, alpha: float | Tensor) -> Patch:
         """The same patch with another strength."""
@@ -511,7 +363,10 @@ class Patch(_Steerable):
 
     def __repr__(self) -> str:
         alpha = f"[{self.alpha.shape[0]} values]" if isinstance(self.alpha, Tensor) else f"{self.alpha:g}"
-        rows = "" if self.rows is None else f", rows=[{self.rows.shape[0]}]"
+        if self.rows is None:
+            rows = ""
+        else:
+            rows = f", rows=[{self.rows.shape[0]}]" if isinstance(self.rows, Tensor) else f", rows={self.rows:g}"
         return f"Patch(layer={self.layer}, alpha={alpha}, positions={self.positions}{rows}, vector={self.vector!r})"
 
 
@@ -533,6 +388,13 @@ class PatchSet(_Steerable):
         """The patches, in the order given."""
         return self._patches
 
+    @classmethod
+    def load(cls, path: str | Path) -> PatchSet:
+        """Load what `PatchSet.save` (or `Patch.save`: a set of one) wrote."""
+        from nnshift.steering.patch_io import load_patches
+
+        return PatchSet(load_patches(path)[1])
+
     def select_rows(self, index: slice | Sequence[int]) -> PatchSet:
         """Every patch restricted to a sub-batch (see `Patch.select_rows`)."""
         return PatchSet([p.select_rows(index) for p in self._patches])
@@ -551,55 +413,9 @@ class PatchSet(_Steerable):
         return "PatchSet(" + ", ".join(repr(p) for p in self._patches) + ")"
 
 
-# ---------------------------------------------------------------------------- convenience
+def __getattr__(name: str) -> Any:
+    if name == "steer":  # moved beside generate; kept importable from here
+        from nnshift.generation import steer
 
-
-def steer(
-    vlm: Any,
-    samples: Sequence[Sample],
-    patch: Patch | PatchSet,
-    max_new_tokens: int = 20,
-    batch_size: int = 16,
-    *,
-    progress: bool = True,
-    remote: bool = False,
-) -> list[str]:
-    """Greedy answers of ``vlm`` for ``samples`` with ``patch`` applied at every generation step.
-
-    Batched with left padding like `nnshift.generate`; per-sample alpha/rows are given for all samples and
-    sliced per batch. Everything is validated before the first forward pass. ``remote=True`` runs each batch
-    on NDIF (see docs/remote.md).
-    """
-    from nnshift.generation import run_generation
-
-    if len(samples) == 0:
-        raise EmptyInputError("steer() got no samples", "pass at least one Sample")
-    patch.check(vlm.hidden_size, vlm.n_layers)
-    n = patch.batch_size
-    if n is not None and n != len(samples):
-        raise PositionError(
-            f"per-sample alpha/rows have {n} entries for {len(samples)} samples", "give one entry per sample"
-        )
-    if any(
-        _needs_image_mask(p.positions) and any(isinstance(x, Image) for x in _parts(p.positions)) for p in patch.patches
-    ):
-        missing = [s.id for s in samples if s.image is None]
-        if missing:
-            raise PositionError(
-                f"image positions are steered but {len(missing)} samples have no image (e.g. {missing[:3]})",
-                "steer 'text' or 'all' positions for text-only samples, or drop them",
-            )
-    answers: list[str] = []
-    bar = tqdm(total=len(samples), desc="steer", disable=not progress, leave=False)
-    with torch.inference_mode(False), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*generation flags.*")
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            part = patch.select_rows(slice(start, start + len(batch))) if n is not None else patch
-            inputs = vlm.prepare(batch)
-            bound = part.bind(vlm, inputs)
-            run = run_generation(vlm, inputs, max_new_tokens, edit=bound, remote=remote)
-            answers += [vlm.decode(t) for t in run.tokens]
-            bar.update(len(batch))
-    bar.close()
-    return answers
+        return steer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,7 @@ from torch import Tensor
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, SteeringError, TokenOfInterestError
 from nnshift.evaluate import normalize_answer
+from nnshift.options import RunOptions, run_options
 from nnshift.positions import SelectorLike
 from nnshift.steering.patches import Patch, PatchSet
 from nnshift.steering.vectors import SteeringVector, _concepts_of, fine
@@ -41,6 +42,7 @@ __all__ = [
     "word_direction",
 ]
 
+_IMPACT_DEFAULTS = RunOptions(max_new_tokens=5)
 
 # ---------------------------------------------------------------------------- by impact
 
@@ -147,20 +149,30 @@ def by_impact(
     keep: int | None = None,
     distinct: bool = True,
     baseline: Sequence[str] | None = None,
-    max_new_tokens: int = 5,
-    batch_size: int = 16,
-    progress: bool = True,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    remote: bool | None = None,
+    options: RunOptions | None = None,
 ) -> list[ImpactScore]:
     """Rank candidate vectors by how much they steer the answers of ``samples`` towards a few answers.
 
     Vectors become ``vec.patch(alpha, positions)``; patches are used as they are. ``baseline``: the unsteered
     answers, if already computed. Candidates whose primary cluster has more than ``max_targets`` answers are
     dropped (None keeps all); the rest are sorted by score, and with ``distinct`` only the best vector per
-    target set is kept; ``keep`` truncates the list.
+    target set is kept; ``keep`` truncates the list. Run options: 5 new tokens, batches of 16, a progress bar,
+    local by default; ``options=`` (a `RunOptions`) sets them at once and explicit keywords win over it.
     """
-    from nnshift.generation import generate
-    from nnshift.steering.patches import steer
+    from nnshift.generation import generate, steer
 
+    opts = run_options(
+        options,
+        _IMPACT_DEFAULTS,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        remote=remote,
+    )
     items = list(candidates.items()) if isinstance(candidates, Mapping) else list(enumerate(candidates))
     if not items:
         raise EmptyInputError("by_impact() got no candidate vectors", "pass e.g. ns.steering.fine_all(dico)")
@@ -168,10 +180,10 @@ def by_impact(
     for p in patches.values():
         p.check(vlm.hidden_size, vlm.n_layers)
     if baseline is None:
-        baseline = generate(vlm, samples, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        baseline = generate(vlm, samples, options=opts)
     scores: list[ImpactScore] = []
     for key, p in patches.items():
-        steered = steer(vlm, samples, p, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        steered = steer(vlm, samples, p, options=opts)
         changes = answer_changes(baseline, steered)
         score, primary, secondary = cluster_changes(changes, top)
         scores.append(ImpactScore(key, score, primary, secondary, changes, p, steered))

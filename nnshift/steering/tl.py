@@ -15,16 +15,14 @@ Loading a local Hugging Face folder offline in transformer-lens 4.x::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
 from nnshift.errors import PositionError, SteeringError
-
-if TYPE_CHECKING:
-    from nnshift.steering.patches import _LayerEdit, _Steerable
+from nnshift.steering.deltas import LayerEdit, PatchGroup, resolve_edits
 
 __all__ = ["TLHook", "model_dims", "resid_post_name", "tl_hooks"]
 
@@ -56,7 +54,7 @@ def resid_post_name(model: Any, layer: int) -> str:
 class TLHook:
     """A TransformerLens forward hook adding one layer's steering deltas; prompt pass vs decode step by length."""
 
-    def __init__(self, edit: _LayerEdit, prompt_len: int | None) -> None:
+    def __init__(self, edit: LayerEdit, prompt_len: int | None) -> None:
         self.edit = edit
         self.prompt_len = prompt_len
         self.seen = 0  # length of the last prompt pass (when prompt_len is not given)
@@ -92,7 +90,7 @@ class TLHook:
 
 
 def tl_hooks(
-    patch: _Steerable,
+    patch: PatchGroup,
     model: Any,
     *,
     attention_mask: Int[Tensor, "b s"] | None = None,
@@ -106,6 +104,6 @@ def tl_hooks(
         device, dtype = param.device, param.dtype
     except (StopIteration, AttributeError):
         dtype = torch.float32
-    edits, _ = patch._edits(n_layers, d_model, attention_mask, image_mask, torch.device(device), dtype)
+    edits, _ = resolve_edits(patch.patches, n_layers, d_model, attention_mask, image_mask, torch.device(device), dtype)
     prompt_len = int(attention_mask.shape[1]) if attention_mask is not None else None
     return [(resid_post_name(model, layer), TLHook(edit, prompt_len)) for layer, edit in sorted(edits.items())]
