@@ -115,7 +115,7 @@ def test_runners_honour_options_like_keywords(llama, samples):
     b = ns.capture(
         llama, samples, layer=1, at="generated", reduce="mean", batch_size=2, max_new_tokens=3, progress=False
     )
-    assert torch.equal(a.tensor, b.tensor) and a.info["max_new_tokens"] == 3
+    assert torch.equal(a.tensor, b.tensor) and a.info["generation"]["max_new_tokens"] == 3
     scores = by_impact(llama, samples, {"p": patch}, options=opts, max_targets=None)
     again = by_impact(llama, samples, {"p": patch}, max_new_tokens=3, batch_size=3, progress=False, max_targets=None)
     assert scores[0].answers == again[0].answers == steer(llama, samples, patch, 3, progress=False)
