@@ -11,8 +11,8 @@ from nnshift.data import Sample
 from nnshift.errors import NnshiftError
 from nnshift.generation import generate
 from nnshift.models import VLM, ModelAdapter, load, register_adapter, supported_architectures
-from nnshift.read import cache_activations, read, read_activations
 from nnshift.options import RunOptions
+from nnshift.read import cache_activations, read, read_activations
 from nnshift.steering import steer
 from nnshift.store import Activations, ActivationStore, load_activations, pair, repair_store, verify_store
 

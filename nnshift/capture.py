@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
@@ -24,17 +25,7 @@ _CAPTURE_DEFAULTS = RunOptions(max_new_tokens=32)
 
 def provenance() -> dict[str, str]:
     """Versions of the libraries that produced a result."""
-    import nnsight
-    import transformers
-
-    import nnshift
-
-    return {
-        "nnshift": nnshift.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "nnsight": getattr(nnsight, "__version__", "unknown"),
-    }
+    return versions()
 
 
 def _positive_int(value: Any, name: str) -> int:

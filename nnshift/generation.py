@@ -50,11 +50,11 @@ def trim_answer(ids: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
 
 def ensure_remote_ready() -> None:
     """Register nnshift with nnsight so that trace bodies calling nnshift code run on an NDIF server without it."""
+    import sys
+
     import nnsight
 
-    import nnshift
-
-    nnsight.register(nnshift)
+    nnsight.register(sys.modules["nnshift"])  # the root package, loaded before any of its modules
 
 
 def _unembed_envoy(vlm: Any) -> Any:

@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from nnshift._version import versions
 from nnshift.concepts.dictionary import ConceptDictionary, matrix
 from nnshift.concepts.methods import get_method
 from nnshift.errors import ConceptError
@@ -21,8 +22,6 @@ __all__ = ["fit", "ConceptEstimator"]
 
 
 def _provenance(acts: Activations | Tensor, z: Tensor, k: int, seed: int, seconds: float) -> dict[str, Any]:
-    import nnshift
-
     info: dict[str, Any] = {
         "n_samples": int(z.shape[0]),
         "dim": int(z.shape[1]),
@@ -32,7 +31,7 @@ def _provenance(acts: Activations | Tensor, z: Tensor, k: int, seed: int, second
         "device": str(z.device),
         "fit_seconds": seconds,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": {"nnshift": nnshift.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {**versions(libraries=False), "torch": torch.__version__, "python": platform.python_version()},
     }
     if isinstance(acts, Activations):
         info["activations"] = dict(acts.info)

@@ -296,7 +296,9 @@ class Patch(_Steerable):
             try:
                 layer = int(layer)
             except (TypeError, ValueError) as exc:
-                raise SteeringError(f"layer must be an int, got {type(layer).__name__}", "") from exc
+                raise SteeringError(
+                    f"layer must be an int, got {type(layer).__name__}", "pass the decoder block index, e.g. layer=-1"
+                ) from exc
         self.layer: int = layer
         self.alpha: Scale = as_scale(alpha, "alpha")
         self.rows: Scale | None = None if rows is None else as_scale(rows, "rows")

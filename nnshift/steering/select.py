@@ -21,9 +21,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from nnshift.answers import normalize_answer
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, SteeringError, TokenOfInterestError
-from nnshift.evaluate import normalize_answer
 from nnshift.options import RunOptions, run_options
 from nnshift.positions import SelectorLike
 from nnshift.steering.patches import Patch, PatchSet
@@ -228,7 +228,10 @@ def word_direction(vlm: Any, word: str) -> Float[Tensor, " d"]:
 def _target_vector(x: Any, vlm: Any, dim: int, what: str) -> Float[Tensor, " d"]:
     if isinstance(x, str):
         if vlm is None:
-            raise SteeringError(f"the {what} is a word ({x!r}): pass vlm= to read its unembedding", "")
+            raise SteeringError(
+                f"the {what} is a word ({x!r}) and no model was given",
+                "pass vlm= so that the word is read through the unembedding, or pass a vector",
+            )
         v = word_direction(vlm, x)
     elif isinstance(x, Activations) or (isinstance(x, Tensor) and x.ndim == 2):
         v = as_matrix(x, what).float().mean(0).cpu()

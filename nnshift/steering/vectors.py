@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor
 
+from nnshift._version import versions
 from nnshift.answers import answer_type, normalize_answer
 from nnshift.errors import CorruptStoreError, EmptyInputError, HiddenSizeMismatchError, NonFiniteError, SteeringError
 from nnshift.metrics import concept_matrix
@@ -163,9 +164,7 @@ class SteeringVector:
 
 
 def _versions() -> dict[str, str]:
-    import nnshift
-
-    return {"nnshift": nnshift.__version__, "torch": torch.__version__}
+    return {**versions(libraries=False), "torch": torch.__version__}
 
 
 def _describe(x: Activations | Tensor) -> dict[str, Any]:
