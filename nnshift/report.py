@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 from collections.abc import Mapping
@@ -10,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnshift.store import atomic_write_bytes
+from nnshift.artifacts import atomic_write_bytes
+from nnshift.errors import ArtifactError
 
-__all__ = ["Report", "SELECTIVE_POINTS", "Section", "max_untouched_move", "untouched_finding"]
+__all__ = ["Report", "SELECTIVE_POINTS", "Section", "max_untouched_move", "read_results", "untouched_finding"]
 
 #: a steering is called selective only when no untouched answer type's accuracy moves by more than this (points)
 SELECTIVE_POINTS = 2.0
@@ -131,8 +133,10 @@ class Report:
         import matplotlib.pyplot as plt
 
         file = f"{name}.png"
-        fig.savefig(self.out / file, dpi=110, bbox_inches="tight")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
+        atomic_write_bytes(self.out / file, buf.getvalue())
         section.figures.append((caption, file))
         return file
 
@@ -163,6 +167,27 @@ window.addEventListener("load", () => {{
         results = {**self.results, "timings_s": self.timings}
         atomic_write_bytes(self.out / "results.json", json.dumps(results, indent=2, default=_json_default).encode())
         return self.out / "index.html"
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """The ``results.json`` of a run (``path`` is the file or its folder), checked to be a JSON object."""
+    file = Path(path)
+    file = file / "results.json" if file.is_dir() else file
+    hint = "re-run the command that wrote it (nnshift demo, nnshift report or a recipe)"
+    try:
+        doc = json.loads(file.read_bytes())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"no run results: {str(file)!r} is missing", "pass a folder written by a run") from exc
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{str(file)!r} is not valid JSON: {exc}", hint) from exc
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{str(file)!r} holds a JSON {type(doc).__name__}, not an object", hint)
+    timings = doc.get("timings_s", {})
+    if not isinstance(timings, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values()
+    ):
+        raise ArtifactError(f"{str(file)!r}: 'timings_s' is not an object of seconds", hint)
+    return doc
 
 
 def _json_default(o: Any) -> Any:

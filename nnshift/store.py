@@ -11,8 +11,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from nnshift.artifacts import atomic_write_bytes, read_artifact, write_artifact
-from nnshift.errors import ArtifactError, CorruptStoreError, EmptyInputError, NonFiniteError, PairingError
+from nnshift.artifacts import atomic_write_bytes, write_artifact
+from nnshift.errors import ArtifactError, EmptyInputError, NonFiniteError, PairingError
 from nnshift.shards import ActivationStore, repair_store, verify_store
 
 __all__ = [
@@ -117,7 +117,7 @@ class Activations:
         """Load what `save` wrote (checksums, version, shapes and finiteness verified)."""
         path = Path(path)
         if not (path / "activations.json").exists():
-            raise CorruptStoreError(
+            raise ArtifactError(
                 f"no saved activations in {str(path)!r}: {path / 'activations.json'} is missing",
                 "pass the folder that Activations.save or ns.capture(out=...) wrote",
             )
@@ -136,29 +136,18 @@ class Activations:
                 info=doc.get("info", {}),
                 skipped=doc.get("skipped", []),
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # TypeError: jaxtyping's check of a retyped field
             raise ArtifactError(f"{where} are inconsistent: {exc}", "re-create the file") from exc
 
 
 def _read_activations(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Tensors and document of an `Activations.save` folder, current or legacy (format_version 1) format."""
-    import json
+    from nnshift.saved import check_finite, load_saved  # manifests need their self-checksum; legacy: finiteness
 
-    from safetensors.torch import load_file
-
-    from nnshift.artifacts import check_format
-
-    try:
-        raw = json.loads((path / "activations.json").read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"cannot read activations in {str(path)!r}: {exc}", "re-run the capture") from exc
-    if isinstance(raw, dict) and "format" not in raw and "ids" in raw:  # format_version 1: no checksums
-        check_format(raw, "nnshift.activations", FORMAT_VERSION, repr(str(path / "activations.json")))
-        try:
-            return load_file(str(path / "activations.safetensors")), raw
-        except Exception as exc:  # safetensors raises its own error types
-            raise ArtifactError(f"cannot read activations in {str(path)!r}: {exc}", "re-run the capture") from exc
-    return read_artifact(path, "activations", FORMAT_VERSION)
+    tensors, doc, _ = load_saved(path, "activations", FORMAT_VERSION, "activations", "re-run the capture")
+    for name, t in tensors.items():
+        check_finite(t, name, f"activations in {str(path)!r}")
+    return tensors, doc
 
 
 def as_matrix(acts: Activations | Tensor, name: str = "activations") -> Float[Tensor, "m d"]:

@@ -277,7 +277,7 @@ def test_save_load_roundtrip(method, tmp_path):
     acts = Activations(z, ids=[f"s{i}" for i in range(60)], info={"model": "toy", "layer": 3})
     d = nc.fit(acts, k=4, method=method, seed=0)
     d.save(tmp_path / "d")
-    doc = json.loads((tmp_path / "d" / "concepts.json").read_text())
+    doc = json.loads((tmp_path / "d" / "concepts.json").read_text())["doc"]  # the manifest's own fields
     assert doc["method"] == method and doc["info"]["activations"]["layer"] == 3
     e = ConceptDictionary.load(tmp_path / "d")
     assert torch.equal(e.concepts, d.concepts) and torch.equal(e.codes, d.codes)
@@ -575,7 +575,7 @@ def test_load_a_file_written_before_typed_configs(tmp_path):
     # -distance to each centroid: an independent computation
     assert torch.allclose(d.transform(z), torch.tensor([[0.0, -5.0], [-5.0, 0.0]]), atol=1e-5)
     d.save(tmp_path / "again")
-    assert json.loads((tmp_path / "again" / "concepts.json").read_text())["params"] == OLD_KMEANS_JSON["params"]
+    assert json.loads((tmp_path / "again" / "concepts.json").read_text())["doc"]["params"] == OLD_KMEANS_JSON["params"]
 
 
 def test_load_checks_state_and_shapes(tmp_path):

@@ -46,3 +46,43 @@ def test_untouched_finding_says_selective_only_within_two_points():
         "selective: accuracy on the untouched answer types did not move (other +0.0)"
     )
     assert max_untouched_move(bad) == pytest.approx(9.6)
+
+
+def test_run_report_files_are_atomic_and_read_back_checked(tmp_path):
+    """Figures, index.html and results.json: umask mode, no temporary file left; results read back checked."""
+    import os
+    import stat
+
+    import pytest
+
+    from nnshift.errors import ArtifactError
+    from nnshift.report import read_results
+
+    old = os.umask(0o022)
+    try:
+        rep = Report("t", tmp_path / "r")
+        fig, _ = plt.subplots()
+        rep.figure(rep.section("s"), fig, "f", "a figure")
+        rep.results["x"] = [1, 2]
+        rep.timings["stage"] = 0.5
+        rep.write()
+    finally:
+        os.umask(old)
+    files = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert files == ["f.png", "index.html", "results.json"]  # no temporary file left
+    assert {stat.S_IMODE((tmp_path / "r" / f).stat().st_mode) for f in files} == {0o644}
+    assert (tmp_path / "r" / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert read_results(tmp_path / "r") == {"x": [1, 2], "timings_s": {"stage": 0.5}}
+    for content, words in [
+        ("[1, 2]", "list"),
+        ("null", "NoneType"),
+        ("{oops", "not valid JSON"),
+        ('{"timings_s": [1]}', "timings_s"),
+        ('{"timings_s": {"a": "1"}}', "timings_s"),
+    ]:
+        (tmp_path / "r" / "results.json").write_text(content)
+        with pytest.raises(ArtifactError, match=words) as err:
+            read_results(tmp_path / "r" / "results.json")
+        assert err.value.hint
+    with pytest.raises(ArtifactError, match="missing"):
+        read_results(tmp_path / "nowhere")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from typing import ClassVar
 
@@ -13,6 +14,7 @@ from scipy.stats import pearsonr
 
 import nnshift as ns
 from nnshift import shift
+from nnshift.artifacts import seal
 from nnshift.concepts import ConceptDictionary
 from nnshift.errors import (
     ConceptError,
@@ -370,8 +372,8 @@ def test_load_errors(tmp_path):
         shift.ShiftReport.load(tmp_path / "missing")
     a, b, u_a, u_b = make_world(seed=7)
     shift.analyze(a, b, make_dico(u_a), make_dico(u_b)).save(tmp_path / "r")
-    doc = (tmp_path / "r" / "shift.json").read_text()
-    (tmp_path / "r" / "shift.json").write_text(doc.replace('"format_version": 1', '"format_version": 99'))
+    doc = json.loads((tmp_path / "r" / "shift.json").read_text())
+    (tmp_path / "r" / "shift.json").write_text(json.dumps(seal({**doc, "format_version": 99})))  # re-sealed
     with pytest.raises(DataFormatError, match="format_version 99"):
         shift.ShiftReport.load(tmp_path / "r")
     (tmp_path / "r" / "shift.json").write_text("{not json")

@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 from torch import Tensor
 
 from nnshift import metrics
+from nnshift.artifacts import write_artifact
 from nnshift.concepts.methods import ConceptMethod, available_methods, get_method
-from nnshift.errors import ConceptError, CorruptStoreError, HiddenSizeMismatchError
-from nnshift.store import Activations, atomic_write_bytes
+from nnshift.errors import ArtifactError, ConceptError, HiddenSizeMismatchError
+from nnshift.saved import check_finite, load_saved, typed_field
+from nnshift.store import Activations
 
 if TYPE_CHECKING:
     from nnshift.concepts.grounding import TopSamples
 
 __all__ = ["ConceptDictionary", "FORMAT_VERSION", "matrix"]
 
-FORMAT_VERSION = 1
-_TENSORS = "concepts.safetensors"
-_JSON = "concepts.json"
+#: 2: a checksummed artifact (nnshift.artifacts); 1: plain concepts.json + concepts.safetensors, still read
+FORMAT_VERSION = 2
+_KIND = "concepts"
+_REMAKE = "the file is damaged or was edited by hand: fit and save the dictionary again"
 
 
 def matrix(x: Any, name: str = "activations") -> Float[Tensor, "m d"]:
@@ -202,67 +202,38 @@ class ConceptDictionary:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Save as ``path/concepts.safetensors`` + ``path/concepts.json`` (atomic; no pickle)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {"concepts": self.concepts.detach().cpu().contiguous()}
+        """Save as ``path/concepts.safetensors`` + ``path/concepts.json`` (checksummed manifest, atomic; no pickle)."""
+        tensors = {"concepts": self.concepts}
         if self.codes is not None:
-            tensors["codes"] = self.codes.detach().cpu().contiguous()
-        for key, t in self.state.items():
-            tensors[f"state.{key}"] = t.detach().cpu().contiguous()
+            tensors["codes"] = self.codes
+        tensors |= {f"state.{key}": t for key, t in self.state.items()}
         doc = {
-            "format_version": FORMAT_VERSION,
             "method": self.method,
+            "k": self.k,
+            "dim": self.dim,
+            "rows": None if self.codes is None else int(self.codes.shape[0]),
             "params": self.params,
             "diagnostics": self.diagnostics,
             "info": self.info,
         }
-        atomic_write_bytes(path / _TENSORS, save(tensors))
-        atomic_write_bytes(path / _JSON, json.dumps(doc, default=str, indent=1).encode())
-        return path
+        return write_artifact(path, _KIND, FORMAT_VERSION, tensors, doc)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ConceptDictionary:
-        """Load what `save` wrote."""
+        """Load what `save` wrote: checksums, version, K and D across concepts, codes and state, finiteness."""
         path = Path(path)
+        tensors, doc, _ = load_saved(
+            path, _KIND, FORMAT_VERSION, "concept dictionary", "pass the folder that ConceptDictionary.save wrote"
+        )
+        where = f"the concept dictionary in {str(path)!r}"
         try:
-            doc = json.loads((path / _JSON).read_text())
-            tensors = load_file(str(path / _TENSORS), device=str(device))
-            concepts = tensors["concepts"]
-            method = doc["method"]
-        except FileNotFoundError as exc:
-            raise CorruptStoreError(
-                f"no saved concept dictionary in {str(path)!r}: {exc.filename} is missing",
-                "pass the folder that ConceptDictionary.save wrote",
-            ) from exc
-        except (json.JSONDecodeError, KeyError, OSError, SafetensorError) as exc:
-            raise CorruptStoreError(
-                f"cannot read the concept dictionary in {str(path)!r}: {exc}", "save the dictionary again"
-            ) from exc
-        if doc.get("format_version", 0) > FORMAT_VERSION:
-            raise CorruptStoreError(
-                f"{str(path)!r} was written by a newer nnshift (format {doc['format_version']})",
-                "upgrade nnshift",
-            )
-        state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
-        try:
-            check_parts(concepts, tensors.get("codes"), state, method)
-            dico = cls(
-                concepts=concepts,
-                method=method,
-                params=doc.get("params", {}),
-                diagnostics=doc.get("diagnostics", {}),
-                info=doc.get("info", {}),
-                state=state,
-                codes=tensors.get("codes"),
-            )
+            dico = cls(**_saved_parts(tensors, doc, where))
             dico._check_saved()
         except ConceptError as exc:
-            raise CorruptStoreError(
-                f"the concept dictionary in {str(path)!r} is inconsistent: {exc.message}",
-                f"{exc.hint}; or fit and save the dictionary again",
+            raise ArtifactError(
+                f"{where} is inconsistent: {exc.message}", f"{exc.hint}; or fit and save the dictionary again"
             ) from exc
-        return dico
+        return dico.to(device) if str(device) != "cpu" else dico
 
     def _check_saved(self) -> None:
         """A loaded dictionary of a registered method: valid params and the state a fitted one needs."""
@@ -278,3 +249,29 @@ class ConceptDictionary:
                 f"a fitted {self.method!r} dictionary needs its state {missing}, which is not saved",
                 f"the file concepts.safetensors must hold {', '.join('state.' + k for k in missing)}",
             )
+
+
+def _saved_parts(tensors: dict[str, Tensor], doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """The constructor arguments of a saved dictionary: typed fields, known tensors, K / D / M as recorded, finite."""
+    method = typed_field(doc, "method", str, where)
+    parts: dict[str, Any] = {"method": method}
+    for name in ("params", "diagnostics", "info"):
+        parts[name] = typed_field(doc, name, dict, where, {})
+    unknown = sorted(n for n in tensors if n not in ("concepts", "codes") and not n.startswith("state."))
+    if "concepts" not in tensors or unknown:
+        raise ArtifactError(
+            f"{where} holds tensors {sorted(tensors)}: 'concepts' is required and {unknown} are unknown", _REMAKE
+        )
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise ArtifactError(f"{where}: tensor {name!r} is {t.dtype}, not a floating type", _REMAKE)
+        check_finite(t, name, where)
+    concepts, codes = tensors["concepts"], tensors.get("codes")
+    state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+    check_parts(concepts, codes, state, method)  # K and D across concepts, codes and state (ConceptError)
+    recorded = {"k": concepts.shape[0], "dim": concepts.shape[-1], "rows": None if codes is None else codes.shape[0]}
+    for name, actual in recorded.items():
+        value = typed_field(doc, name, (int, type(None)), where, actual)  # legacy files have no K / D / rows fields
+        if value != actual:
+            raise ArtifactError(f"{where}: the JSON says {name} = {value} but the tensors give {actual}", _REMAKE)
+    return parts | {"concepts": concepts, "codes": codes, "state": state}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -13,14 +12,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from nnshift.errors import CorruptStoreError, DataFormatError
+from nnshift.artifacts import write_artifact
+from nnshift.errors import ArtifactError
+from nnshift.saved import check_finite, load_saved, typed_field
 from nnshift.shift.checks import Grounder
 from nnshift.shift.metrics import AlphaSweep, DynamicsThresholds, alpha_sweep
-from nnshift.store import atomic_write_bytes
 
 __all__ = ["FORMAT_VERSION", "ShiftReport", "json_safe", "json_unsafe", "vlm_grounder"]
 
-FORMAT_VERSION = 1
+#: 2: a checksummed artifact (nnshift.artifacts); 1: plain shift.json + shift.safetensors, still read
+FORMAT_VERSION = 2
 
 #: the tensor fields saved in ``shift.safetensors`` (the two T-Overlap ones are optional)
 _TENSORS = (
@@ -189,14 +190,9 @@ class ShiftReport:
         )
 
     def save(self, path: str | Path) -> Path:
-        """Save as ``path/shift.safetensors`` (tensors) + ``path/shift.json`` (the rest), atomically; no pickle."""
-        from safetensors.torch import save
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {n: getattr(self, n).detach().cpu().contiguous() for n in _TENSORS if getattr(self, n) is not None}
+        """Save as ``path/shift.safetensors`` (tensors) + ``path/shift.json`` (checksummed manifest), atomically."""
+        tensors = {n: getattr(self, n) for n in _TENSORS if getattr(self, n) is not None}
         doc = {
-            "format_version": FORMAT_VERSION,
             "kind": _KIND,
             "alpha": self.alpha,
             "ids": self.ids,
@@ -205,48 +201,109 @@ class ShiftReport:
             "correlations": json_safe(self.correlations),
             "info": self.info,
         } | {n: getattr(self, n) for n in _WORDS}
-        atomic_write_bytes(path / "shift.safetensors", save(tensors))
-        atomic_write_bytes(path / "shift.json", json.dumps(doc, default=str, allow_nan=False).encode())
-        return path
+        return write_artifact(path, "shift", FORMAT_VERSION, tensors, doc)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ShiftReport:
-        """Load what `save` wrote (tensors onto ``device``)."""
-        doc, tensors = _read(Path(path), device)
+        """Load what `save` wrote (tensors onto ``device``): checksums, version, shapes, matching, finiteness."""
+        doc, tensors = _read(Path(path))
+        where = f"the shift report in {str(path)!r}"
+        th = typed_field(doc, "thresholds", dict, where)
+        try:
+            thresholds = DynamicsThresholds(**{n: typed_field(th, n, (int, float), where) for n in th})
+        except TypeError as exc:
+            raise ArtifactError(f"{where}: bad 'thresholds': {exc}", _REMAKE) from exc
         saved: dict[str, Any] = {n: tensors.get(n) for n in _TENSORS} | {n: doc.get(n) for n in _WORDS}
-        return cls(
+        report = cls(
             alpha=float(doc["alpha"]),
             correlations=json_unsafe(doc["correlations"]),
             dynamics=list(doc["dynamics"]),
-            thresholds=DynamicsThresholds(**doc["thresholds"]),
-            ids=list(doc["ids"]),
-            info=doc.get("info", {}),
+            thresholds=thresholds,
+            ids=[str(i) for i in doc["ids"]],
+            info=typed_field(doc, "info", dict, where, {}),
             **saved,
         )
+        if str(device) != "cpu":
+            for n in _TENSORS:
+                if getattr(report, n) is not None:
+                    setattr(report, n, getattr(report, n).to(device))
+        return report
 
 
-def _read(path: Path, device: str | torch.device) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The JSON document and the tensors of a saved report, checked: kind, format version, every required tensor."""
-    from safetensors.torch import load_file
+_REMAKE = "the file is damaged or was edited by hand: re-run ns.shift.analyze and save the report again"
+_INT = ("assignment", "counts", "empty", "matching", "greedy_matching", "mas_original", "mas_shifted", "mas_finetuned")
+_INT += ("new",)
 
-    try:
-        doc = json.loads((path / "shift.json").read_text())
-        tensors = load_file(str(path / "shift.safetensors"), device=str(device))
-    except FileNotFoundError as exc:
-        raise CorruptStoreError(
-            f"no saved shift report in {str(path)!r}: {exc.filename} is missing",
-            "pass the folder that ShiftReport.save wrote",
-        ) from exc
-    except Exception as exc:  # JSON, OS or safetensors errors
-        raise CorruptStoreError(f"cannot read the shift report in {str(path)!r}: {exc}", "save it again") from exc
-    version = doc.get("format_version")
-    if doc.get("kind") != _KIND or not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DataFormatError(
-            f"{str(path)!r} holds format_version {version!r} of kind {doc.get('kind')!r}; "
-            f"this nnshift reads {_KIND} up to version {FORMAT_VERSION}",
-            "upgrade nnshift, or re-run ns.shift.analyze",
-        )
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The JSON document and the tensors of a saved report, checked: version, fields, shapes, derived data."""
+    tensors, doc, _ = load_saved(
+        path, "shift", FORMAT_VERSION, "shift report", "pass the folder that ShiftReport.save wrote", finite=False
+    )
+    where = f"the shift report in {str(path)!r}"
+    if doc.get("kind") != _KIND:
+        raise ArtifactError(f"{where} is of kind {doc.get('kind')!r}, not {_KIND!r}", "pass a shift report folder")
+    alpha = typed_field(doc, "alpha", (int, float), where)
+    ids = typed_field(doc, "ids", list, where)
+    dynamics = typed_field(doc, "dynamics", list, where)
+    correlations = typed_field(doc, "correlations", dict, where)
+    if not math.isfinite(alpha) or not all(isinstance(c, dict) for c in correlations.values()):
+        raise ArtifactError(f"{where}: 'alpha' is not finite or 'correlations' is not a dict of dicts", _REMAKE)
     missing = [n for n in _TENSORS if n not in tensors and not n.startswith("t_overlap")]
-    if missing:
-        raise CorruptStoreError(f"the shift report in {str(path)!r} lacks tensors {missing}", "save it again")
+    unknown = sorted(set(tensors) - set(_TENSORS))
+    if missing or unknown:
+        raise ArtifactError(f"{where} lacks tensors {missing} or holds unknown ones {unknown}", _REMAKE)
+    _check_shapes(tensors, len(ids), where)
+    k = tensors["concepts_a"].shape[0]
+    if len(dynamics) != k or any(d not in _DYNAMICS for d in dynamics):
+        raise ArtifactError(f"{where}: 'dynamics' must hold one of {_DYNAMICS} per concept (K = {k})", _REMAKE)
+    for n in _WORDS:
+        w = typed_field(doc, n, (list, type(None)), where, None)
+        if w is not None and (len(w) != k or not all(isinstance(x, list) for x in w)):
+            raise ArtifactError(f"{where}: {n!r} must hold one word list per concept (K = {k})", _REMAKE)
+    _check_derived(tensors, len(ids), where)
     return doc, tensors
+
+
+def _check_shapes(tensors: dict[str, Tensor], m: int, where: str) -> None:
+    """Every tensor's shape against K, D (from ``concepts_a``), M (the ids) and n (the MAS size); dtypes by kind."""
+    ua = tensors["concepts_a"]
+    if ua.ndim != 2 or 0 in ua.shape:
+        raise ArtifactError(f"{where}: 'concepts_a' has shape {tuple(ua.shape)}, not [K, D]", _REMAKE)
+    (k, d), n = ua.shape, tensors["mas_original"].shape[-1]
+    want: dict[str, tuple[int, ...]] = {x: (k,) for x in _TENSORS if x not in ("empty", "new")}
+    want |= {"concepts_a": (k, d), "concepts_b": (k, d), "shift_vectors": (k, d), "shifted": (k, d)}
+    want |= {"similarity": (k, k), "assignment": (m,), "mas_original": (k, n), "mas_shifted": (k, n)}
+    want |= {"mas_finetuned": (k, n)}
+    for name, t in tensors.items():
+        shape = want.get(name, (t.shape[0],) if t.ndim == 1 else None)  # empty / new: any 1-D length
+        if tuple(t.shape) != shape:
+            raise ArtifactError(
+                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape} (K={k}, D={d}, M={m})", _REMAKE
+            )
+        if t.is_floating_point() == (name in _INT):
+            kind = "an integer" if name in _INT else "a floating"
+            raise ArtifactError(f"{where}: tensor {name!r} is {t.dtype}, not {kind} type", _REMAKE)
+
+
+def _check_derived(tensors: dict[str, Tensor], m: int, where: str) -> None:
+    """Derived data: the matching a permutation, indices in range, counts and empty from the assignment, finite."""
+    k = tensors["concepts_a"].shape[0]
+    if not torch.equal(tensors["matching"].sort().values.cpu(), torch.arange(k)):
+        raise ArtifactError(
+            f"{where}: 'matching' {tensors['matching'].tolist()} is not a permutation of 0..{k - 1}", _REMAKE
+        )
+    bounds = {"assignment": k, "greedy_matching": k, "new": k, "mas_original": m, "mas_shifted": m, "mas_finetuned": m}
+    for name, top in bounds.items():
+        t = tensors[name]
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= top):
+            raise ArtifactError(f"{where}: tensor {name!r} holds indices outside 0..{top - 1}", _REMAKE)
+    counts = torch.bincount(tensors["assignment"].long().cpu(), minlength=k)
+    if not torch.equal(tensors["counts"].long().cpu(), counts) or not torch.equal(
+        tensors["empty"].long().cpu(), torch.nonzero(counts == 0).flatten()
+    ):
+        raise ArtifactError(f"{where}: 'counts' or 'empty' do not follow from 'assignment'", _REMAKE)
+    nan_ok = {"consistency": counts == 0, "mean_sample_shift": counts == 0, "pairwise_consistency": counts <= 1}
+    for name, t in tensors.items():  # NaN only where it means "not measured"
+        mask = nan_ok.get(name, name.startswith("t_overlap"))
+        check_finite(t, name, where, mask.to(t.device) if isinstance(mask, Tensor) else mask)

@@ -10,7 +10,7 @@ Makers (all in float32):
 
 from __future__ import annotations
 
-import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,15 +19,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 from torch import Tensor
 
 from nnshift._version import versions
 from nnshift.answers import answer_type, normalize_answer
-from nnshift.errors import CorruptStoreError, EmptyInputError, HiddenSizeMismatchError, NonFiniteError, SteeringError
+from nnshift.artifacts import write_artifact
+from nnshift.errors import (
+    ArtifactError,
+    EmptyInputError,
+    HiddenSizeMismatchError,
+    NnshiftError,
+    NonFiniteError,
+    SteeringError,
+)
 from nnshift.metrics import concept_matrix
-from nnshift.store import Activations, as_matrix, atomic_write_bytes
+from nnshift.saved import check_finite, load_saved, typed_field
+from nnshift.store import Activations, as_matrix
 
 if TYPE_CHECKING:
     from nnshift.positions import SelectorLike
@@ -45,11 +52,11 @@ __all__ = [
     "target_answer",
 ]
 
-FORMAT_VERSION = 1
-_TENSORS = "vector.safetensors"
-_JSON = "vector.json"
-_MANY_TENSORS = "vectors.safetensors"
-_MANY_JSON = "vectors.json"
+#: 2: checksummed artifacts (nnshift.artifacts); 1: plain vector(s).json + .safetensors, still read
+FORMAT_VERSION = 2
+_KIND = "vector"
+_MANY_KIND = "vectors"
+_REMAKE = "the file is damaged or was edited by hand: make and save the vector again"
 
 
 def _check_vector(v: Tensor, what: str = "steering vector") -> None:
@@ -134,30 +141,43 @@ class SteeringVector:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Save as ``path/vector.safetensors`` + ``path/vector.json`` (atomic writes)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / _TENSORS, save({"vector": self.vector.contiguous().cpu()}))
-        atomic_write_bytes(path / _JSON, json.dumps(self.to_dict(), default=str, indent=1).encode())
-        return path
+        """Save as ``path/vector.safetensors`` + ``path/vector.json`` (checksummed manifest, atomic writes)."""
+        return write_artifact(path, _KIND, FORMAT_VERSION, {"vector": self.vector}, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
-        """Load what `save` wrote."""
+        """Load what `save` wrote: checksums, version, ``dim`` and ``norm`` against the tensor, finiteness."""
         path = Path(path)
-        try:
-            doc = json.loads((path / _JSON).read_text())
-            vector = load_file(str(path / _TENSORS))["vector"]
-        except FileNotFoundError as exc:
-            raise CorruptStoreError(
-                f"no saved steering vector in {str(path)!r}: {exc.filename} is missing",
-                "pass the folder that SteeringVector.save wrote",
-            ) from exc
-        except (json.JSONDecodeError, KeyError, OSError, SafetensorError) as exc:
-            raise CorruptStoreError(
-                f"cannot read the steering vector in {str(path)!r}: {exc}", "save it again"
-            ) from exc
-        return cls(vector=vector, layer=doc.get("layer"), method=doc.get("method", "given"), info=doc.get("info", {}))
+        tensors, doc, _ = load_saved(
+            path, _KIND, FORMAT_VERSION, "steering vector", "pass the folder that SteeringVector.save wrote"
+        )
+        where = f"the steering vector in {str(path)!r}"
+        if set(tensors) != {"vector"}:
+            raise ArtifactError(f"{where} holds tensors {sorted(tensors)}, not one 'vector'", _REMAKE)
+        return _vector_from(tensors["vector"], doc, where)
+
+
+def _vector_from(vector: Tensor, doc: Any, where: str) -> SteeringVector:
+    """A `SteeringVector` from its saved tensor and JSON entry, checked: 1-D, finite, ``dim`` and ``norm`` agree."""
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{where} is not a JSON object (got {type(doc).__name__})", _REMAKE)
+    layer = typed_field(doc, "layer", (int, type(None)), where, None)
+    method = typed_field(doc, "method", str, where, "given")
+    info = typed_field(doc, "info", dict, where, {})
+    dim = typed_field(doc, "dim", int, where)
+    norm = typed_field(doc, "norm", (int, float), where)
+    if vector.ndim != 1 or not vector.is_floating_point():
+        raise ArtifactError(f"{where}: the tensor is {vector.dtype} of shape {tuple(vector.shape)}, not [D]", _REMAKE)
+    check_finite(vector, "vector", where)
+    if dim != vector.shape[0]:
+        raise ArtifactError(f"{where}: the JSON says dim = {dim} but the tensor has {vector.shape[0]} values", _REMAKE)
+    actual = float(vector.float().norm())
+    if not math.isclose(norm, actual, rel_tol=1e-4, abs_tol=1e-6):
+        raise ArtifactError(f"{where}: the JSON says norm = {norm:.6g} but the tensor's is {actual:.6g}", _REMAKE)
+    try:
+        return SteeringVector(vector, layer, method, info)
+    except NnshiftError as exc:
+        raise ArtifactError(f"{where} is invalid: {exc.message}", _REMAKE) from exc
 
 
 # ---------------------------------------------------------------------------- provenance helpers
@@ -402,33 +422,38 @@ def _key_from_json(key: Any) -> Any:
 
 def save_vectors(vectors: Mapping[Any, SteeringVector], path: str | Path) -> Path:
     """Save several vectors (e.g. `fine_all`'s dict) as ``path/vectors.safetensors`` + ``path/vectors.json``."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     entries = []
     tensors = {}
     for n, (key, vec) in enumerate(vectors.items()):
-        tensors[f"v{n}"] = vec.vector.contiguous().cpu()
+        tensors[f"v{n}"] = vec.vector
         entries.append({"key": _key_to_json(key), "tensor": f"v{n}", **vec.to_dict()})
-    atomic_write_bytes(path / _MANY_TENSORS, save(tensors))
-    doc = {"format_version": FORMAT_VERSION, "vectors": entries}
-    atomic_write_bytes(path / _MANY_JSON, json.dumps(doc, default=str).encode())
-    return path
+    return write_artifact(path, _MANY_KIND, FORMAT_VERSION, tensors, {"vectors": entries})
 
 
 def load_vectors(path: str | Path) -> dict[Any, SteeringVector]:
-    """Load what `save_vectors` wrote (tuple keys come back as tuples)."""
+    """Load what `save_vectors` wrote (tuple keys come back as tuples), each vector checked as in `SteeringVector.load`."""
     path = Path(path)
-    try:
-        doc = json.loads((path / _MANY_JSON).read_text())
-        tensors = load_file(str(path / _MANY_TENSORS))
-        return {
-            _key_from_json(e["key"]): SteeringVector(tensors[e["tensor"]], e.get("layer"), e["method"], e["info"])
-            for e in doc["vectors"]
-        }
-    except FileNotFoundError as exc:
-        raise CorruptStoreError(
-            f"no saved steering vectors in {str(path)!r}: {exc.filename} is missing",
-            "pass the folder save_vectors wrote",
-        ) from exc
-    except (json.JSONDecodeError, KeyError, OSError, SafetensorError) as exc:
-        raise CorruptStoreError(f"cannot read the steering vectors in {str(path)!r}: {exc}", "save them again") from exc
+    tensors, doc, _ = load_saved(
+        path, _MANY_KIND, FORMAT_VERSION, "steering vectors", "pass the folder save_vectors wrote"
+    )
+    where = f"the steering vectors in {str(path)!r}"
+    entries = typed_field(doc, "vectors", list, where)
+    out: dict[Any, SteeringVector] = {}
+    used: set[str] = set()
+    for n, e in enumerate(entries):
+        at = f"{where}, entry {n}"
+        if not isinstance(e, dict):
+            raise ArtifactError(f"{at} is not a JSON object (got {type(e).__name__})", _REMAKE)
+        name = typed_field(e, "tensor", str, at)
+        key = _key_from_json(typed_field(e, "key", (str, int, float, list, type(None)), at))
+        if name not in tensors or name in used:
+            raise ArtifactError(f"{at} names tensor {name!r}, which is missing or used twice", _REMAKE)
+        if not all(isinstance(x, (str, int, float, type(None))) for x in (key if isinstance(key, tuple) else [key])):
+            raise ArtifactError(f"{at} has a key {e['key']!r} that is not a name or a list of numbers", _REMAKE)
+        if key in out:
+            raise ArtifactError(f"{at} repeats the key {e['key']!r}", _REMAKE)
+        used.add(name)
+        out[key] = _vector_from(tensors[name], e, at)
+    if used != set(tensors):
+        raise ArtifactError(f"{where} holds tensors {sorted(set(tensors) - used)} that no entry names", _REMAKE)
+    return out
