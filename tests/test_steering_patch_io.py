@@ -57,7 +57,7 @@ def test_patch_round_trip_steers_identically(llama, samples, tmp_path):
     patch = _vec(llama.hidden_size, 1, seed=2).patch(torch.tensor([1.5, -0.5, 2.0]), P.last_prompt() | P.generated())
     path = patch.save(tmp_path / "p")
     doc = json.loads((path / "patch.json").read_text())
-    assert doc["format"] == PATCH_FORMAT and doc["format_version"] == 1 and doc["kind"] == "Patch"
+    assert doc["format"] == PATCH_FORMAT and doc["format_version"] == 2 and doc["doc"]["kind"] == "Patch"
     assert doc["provenance"]["nnshift"] == ns.__version__ and "torch" in doc["provenance"]
     back = Patch.load(path)
     assert back.spec() == patch.spec() and torch.equal(back.vector.vector, patch.vector.vector)

@@ -1,4 +1,4 @@
-"""Saving and loading patches: ``DIR/patch.safetensors`` (tensors) + ``DIR/patch.json`` (the rest), atomic writes.
+"""Saving and loading patches: ``DIR/patch.safetensors`` + ``DIR/patch.json``, a checksummed `nnshift.artifacts` folder.
 
 The JSON holds ``format`` (``"nnshift.patch"``), ``format_version``, ``kind`` (``"Patch"`` or ``"PatchSet"``),
 one entry per patch (layer, alpha and rows as numbers or tensor names, the positions selector's spec, the
@@ -9,16 +9,14 @@ Nothing is pickled.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 from torch import Tensor
 
-from nnshift.errors import CorruptStoreError, DataFormatError
+from nnshift.artifacts import write_artifact
+from nnshift.errors import ArtifactError, DataFormatError
 from nnshift.positions import (
     All,
     Generated,
@@ -30,8 +28,8 @@ from nnshift.positions import (
     TokenOfInterest,
     Union,
 )
+from nnshift.saved import load_saved
 from nnshift.steering.vectors import SteeringVector
-from nnshift.store import atomic_write_bytes
 
 if TYPE_CHECKING:
     from nnshift.steering.patches import Patch
@@ -39,9 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["PATCH_FORMAT", "PATCH_FORMAT_VERSION", "load_patches", "save_patches", "selector_from_spec"]
 
 PATCH_FORMAT = "nnshift.patch"
-PATCH_FORMAT_VERSION = 1
-_TENSORS = "patch.safetensors"
-_JSON = "patch.json"
+PATCH_FORMAT_VERSION = 2  # 2: checksummed artifact (nnshift.artifacts); 1: plain JSON, still read
+_KIND = "patch"
+_REMAKE = "save the patch again (Patch.save / PatchSet.save)"
 _PLAIN: dict[str, type[Selector]] = {
     "All": All,
     "Prompt": Prompt,
@@ -105,41 +103,8 @@ def save_patches(patches: Sequence[Patch], path: str | Path, kind: str) -> Path:
                 },
             }
         )
-    doc = {
-        "format": PATCH_FORMAT,
-        "format_version": PATCH_FORMAT_VERSION,
-        "kind": kind,
-        "patches": entries,
-        "provenance": provenance(),
-    }
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path / _TENSORS, save(tensors))
-    atomic_write_bytes(path / _JSON, json.dumps(doc, default=str, indent=1).encode())
-    return path
-
-
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    try:
-        doc = json.loads((path / _JSON).read_text())
-        tensors = load_file(str(path / _TENSORS))
-    except FileNotFoundError as exc:
-        raise CorruptStoreError(
-            f"no saved patch in {str(path)!r}: {exc.filename} is missing", "pass the folder Patch.save wrote"
-        ) from exc
-    except (json.JSONDecodeError, OSError, SafetensorError) as exc:
-        raise CorruptStoreError(f"cannot read the patch in {str(path)!r}: {exc}", "save it again") from exc
-    if not isinstance(doc, dict) or doc.get("format") != PATCH_FORMAT:
-        raise DataFormatError(
-            f"{str(path / _JSON)!r} is not an nnshift patch (format {doc.get('format') if isinstance(doc, dict) else None!r})",
-            "pass a folder written by Patch.save or PatchSet.save",
-        )
-    version = doc.get("format_version")
-    if not isinstance(version, int) or version > PATCH_FORMAT_VERSION:
-        raise DataFormatError(
-            f"patch format version {version!r} is newer than this nnshift reads ({PATCH_FORMAT_VERSION})",
-            "upgrade nnshift",
-        )
-    return doc, tensors
+    doc = {"kind": kind, "patches": entries, "provenance": provenance()}
+    return write_artifact(path, _KIND, PATCH_FORMAT_VERSION, tensors, doc)
 
 
 def load_patches(path: str | Path) -> tuple[str, list[Patch]]:
@@ -147,7 +112,9 @@ def load_patches(path: str | Path) -> tuple[str, list[Patch]]:
     from nnshift.steering.patches import Patch
 
     path = Path(path)
-    doc, tensors = _read(path)
+    tensors, doc, _ = load_saved(path, _KIND, PATCH_FORMAT_VERSION, "patch", "pass the folder Patch.save wrote")
+    if doc.get("kind", "PatchSet") not in ("Patch", "PatchSet"):
+        raise ArtifactError(f"the patch in {str(path)!r} has kind {doc.get('kind')!r}", _REMAKE)
     try:
         out = []
         for e in doc["patches"]:
@@ -159,5 +126,5 @@ def load_patches(path: str | Path) -> tuple[str, list[Patch]]:
             rows = _scale_value(e.get("rows"), tensors)
             out.append(Patch(vec, alpha, selector_from_spec(e["positions"]), layer=e["layer"], rows=rows))
         return str(doc.get("kind", "PatchSet")), out
-    except (KeyError, TypeError) as exc:
-        raise CorruptStoreError(f"the patch in {str(path)!r} is incomplete: {exc!r}", "save it again") from exc
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ArtifactError(f"the patch in {str(path)!r} is incomplete: {exc!r}", _REMAKE) from exc
