@@ -58,7 +58,7 @@ def test_patch_round_trip_steers_identically(llama, samples, tmp_path):
     path = patch.save(tmp_path / "p")
     doc = json.loads((path / "patch.json").read_text())
     assert doc["format"] == PATCH_FORMAT and doc["format_version"] == 2 and doc["doc"]["kind"] == "Patch"
-    assert doc["provenance"]["nnshift"] == ns.__version__ and "torch" in doc["provenance"]
+    assert doc["doc"]["provenance"]["nnshift"] == ns.__version__ and "torch" in doc["doc"]["provenance"]
     back = Patch.load(path)
     assert back.spec() == patch.spec() and torch.equal(back.vector.vector, patch.vector.vector)
     assert back.vector.method == "coarse" and back.vector.info == {"name": "v2"}
