@@ -113,7 +113,7 @@ def _processor_settings(vlm: Any) -> str:
     settings = {
         "template": getattr(proc, "chat_template", None) or getattr(tok, "chat_template", None),
         "tokenizer": [type(tok).__name__, len(tok), getattr(tok, "bos_token", None), getattr(tok, "eos_token", None)],
-        "image_processor": image_proc.to_dict() if hasattr(image_proc, "to_dict") else None,
+        "image_processor": image_proc.to_dict() if image_proc is not None and hasattr(image_proc, "to_dict") else None,
         "adapter": _adapter_settings(getattr(vlm, "adapter", None)),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -241,7 +241,7 @@ def _rows_from_forward(
     mask = selector.prefill_mask(attn.cpu(), vlm.image_token_mask(inputs["input_ids"]).cpu())
     dev_mask = mask.to(inputs["input_ids"].device)
     with vlm.model.trace(dict(inputs), remote=remote):
-        saved = list().save()
+        saved: Any = list().save()  # type: ignore[attr-defined]  # nnsight's saved list
         for layer in layers:
             saved.append(vlm.get_resid(layer)[dev_mask].detach().cpu())
     flat = {layer: s.to(dtype) for layer, s in zip(layers, saved, strict=True)}

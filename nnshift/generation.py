@@ -105,8 +105,8 @@ def _run(
     kwargs: dict[str, Any],
 ) -> BatchRun:
     with vlm.model.generate(dict(inputs), **kwargs) as tracer:
-        toks = list().save()
-        flat = list().save()  # step-major, layer-minor (no comprehensions inside a trace body)
+        toks: Any = list().save()  # type: ignore[attr-defined]  # nnsight's saved list
+        flat: Any = list().save()  # type: ignore[attr-defined]  # step-major, layer-minor (no comprehensions inside a trace body)
         for step in tracer.iter[0:max_new_tokens]:
             if edit is not None:
                 edit(vlm, step, inputs)

@@ -21,7 +21,7 @@ def main() -> None:
 
         vlm = zoo.load("shapes-base")
         samples = zoo.dataset(32, style="generic", task="caption", seed=7)
-        at = ns.positions.token_of_interest("circle")
+        at: ns.positions.Selector = ns.positions.token_of_interest("circle")
     except (ImportError, AttributeError, ns.NnshiftError):
         from nnshift.models.testing import build_tiny, tiny_image
 
@@ -30,6 +30,7 @@ def main() -> None:
         at = ns.positions.last_prompt()
     print(vlm)
     acts = ns.capture(vlm, samples, layer=-1, at=at, max_new_tokens=24)
+    assert isinstance(acts, ns.Activations)  # one layer asked, one Activations back
     print(acts)
     print(f"kept {len(acts)} of {len(samples)} samples at {at}; hidden size {acts.dim}")
     for i, a in list(zip(acts.ids, acts.answers, strict=True))[:3]:

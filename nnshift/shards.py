@@ -120,7 +120,8 @@ class ActivationStore:
         self.path = Path(path)
         self.key = json.loads(json.dumps(key, default=str))
         _refuse_foreign(self.path)
-        self.lock = DirLock(self.path).acquire()
+        lock = DirLock(self.path).acquire()
+        self.lock: DirLock | None = lock
         try:
             if (self.path / self.MANIFEST).exists():
                 self.doc = _read_manifest(self.path)
@@ -133,7 +134,7 @@ class ActivationStore:
                 self.doc["expected"] = int(expected)
             self._write_manifest()
         except BaseException:
-            self.lock.release()
+            lock.release()
             raise
 
     def close(self) -> None:
@@ -234,7 +235,7 @@ class ActivationStore:
         self.path = Path(path)
         self.doc = _read_manifest(self.path)
         self.key = self.doc["key"]
-        self.lock = None
+        self.lock = None  # a reader holds no lock
         return self
 
     def counts(self) -> tuple[int, int | None]:

@@ -231,8 +231,8 @@ class ShiftReport:
 
 
 _REMAKE = "the file is damaged or was edited by hand: re-run ns.shift.analyze and save the report again"
-_INT = ("assignment", "counts", "empty", "matching", "greedy_matching", "mas_original", "mas_shifted", "mas_finetuned")
-_INT += ("new",)
+_INT: tuple[str, ...] = ("assignment", "counts", "empty", "matching", "greedy_matching", "mas_original", "mas_shifted")
+_INT += ("mas_finetuned", "new")
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:

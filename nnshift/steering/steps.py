@@ -75,7 +75,7 @@ def _side_worker_class() -> type:
     from nnsight.intervention.interleaver import Mediator, OutOfOrderError
     from nnsight.intervention.iterator import Iterations
 
-    class StepWorker(Mediator):  # type: ignore[misc, valid-type]
+    class StepWorker(Mediator):
         """A worker running ``fn(step)`` for steps ``start .. stop - 1`` (open-ended when ``stop`` is None)."""
 
         def __init__(self, fn: Callable[[int], None], start: int, stop: int | None) -> None:

@@ -170,7 +170,7 @@ def load_hf(name: str, merged: bool = True) -> tuple[Any, Any]:
 
     base = base_path(name)
     processor = AutoProcessor.from_pretrained(base)
-    model = LlavaForConditionalGeneration.from_pretrained(base, dtype="float32")
+    model: Any = LlavaForConditionalGeneration.from_pretrained(base, dtype="float32")
     adapter = adapter_path(name)
     if adapter is not None:
         from peft import PeftModel

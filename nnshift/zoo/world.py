@@ -412,7 +412,7 @@ def write_coco_captions(
     json_path, image_dir = Path(json_path), Path(image_dir)
     image_ids = _image_ids(samples)
     names = _save_images(samples, image_ids, image_dir, prefix)
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for s in samples:
         for cap in s.answers:
             annotations.append({"image_id": image_ids[_image_key(s)], "id": len(annotations) + 1, "caption": cap})

@@ -165,7 +165,7 @@ class ConceptMethod(ABC, Generic[C]):
                 return self.resolve_params(dict(params))  # type: ignore[return-value]
             return params
         if isinstance(params, self.config_class):
-            return params  # type: ignore[return-value]
+            return params
         if not isinstance(params, Mapping):
             raise ConceptError(
                 f"{self.name} expects a {self.config_class.__name__} or a dict, got {type(params).__name__}",
