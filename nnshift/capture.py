@@ -16,7 +16,7 @@ from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
 from nnshift.options import RunOptions, batched, run_options
 from nnshift.positions import Generated, Selector, SelectorLike, TokenOfInterest, as_selector, find_word_token
-from nnshift.store import Activations, ActivationStore, sample_id_of
+from nnshift.store import Activations, ActivationStore, prompt_rows, row_id, sample_id_of
 
 __all__ = ["capture", "provenance", "store_key"]
 
@@ -220,7 +220,7 @@ def _rows_from_generation(
         else:
             for t in steps:
                 vecs = {layer: run.states[layer][t][b].to(dtype) for layer in layers}
-                rows.add(vecs, f"{sample.id}#g{t - 1}", sample, answer, {**base_meta, "answer_token": t - 1})
+                rows.add(vecs, row_id(sample.id, f"g{t - 1}"), sample, answer, {**base_meta, "answer_token": t - 1})
 
 
 def _rows_from_forward(
@@ -245,22 +245,12 @@ def _rows_from_forward(
         for layer in layers:
             saved.append(vlm.get_resid(layer)[dev_mask].detach().cpu())
     flat = {layer: s.to(dtype) for layer, s in zip(layers, saved, strict=True)}
-    counts = mask.sum(dim=1).tolist()
-    offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
-    pad = (attn.cpu() == 0).sum(dim=1).tolist()
-    for b, sample in enumerate(batch):
-        lo, hi = offsets[b], offsets[b + 1]
-        if hi == lo:
-            rows.skipped.append(sample.id)
-            continue
-        if reduce == "mean" or hi - lo == 1:
-            vecs = {layer: flat[layer][lo:hi].float().mean(0).to(dtype) for layer in layers}
-            rows.add(vecs, sample.id, sample, "", {**sample.meta, "n_positions": hi - lo})
-            continue
-        positions = (mask[b].nonzero().flatten() - pad[b]).tolist()
-        for j, p in enumerate(positions):
-            vecs = {layer: flat[layer][lo + j] for layer in layers}
-            rows.add(vecs, f"{sample.id}#{p}", sample, "", {**sample.meta, "position": p})
+    layout = prompt_rows(mask, attn, batch, reduce)
+    kept = {sample.id for _, sample, _, _ in layout}
+    rows.skipped.extend(s.id for s in batch if s.id not in kept)
+    for rid, sample, meta, part in layout:
+        vecs = {layer: flat[layer][part].float().mean(0).to(dtype) for layer in layers}
+        rows.add(vecs, rid, sample, "", meta)
 
 
 def _assemble(

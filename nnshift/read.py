@@ -23,7 +23,7 @@ from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, PositionError
 from nnshift.positions import Selector, SelectorLike, as_selector
-from nnshift.store import Activations
+from nnshift.store import Activations, prompt_rows
 
 __all__ = ["cache_activations", "read", "read_activations", "selection_mask"]
 
@@ -56,27 +56,6 @@ def read(vlm: Any, layer: int, at: SelectorLike = "last_prompt", *, inputs: Mapp
     return vlm.get_resid(layer)[mask].detach().cpu().save()
 
 
-def _row_layout(
-    mask: Bool[Tensor, "b s"], attn: Tensor, samples: Sequence[Sample], reduce: str | None
-) -> list[tuple[str, Sample, dict[str, Any], slice]]:
-    """(row id, sample, meta, slice of the flat selected states) per row, with capture's id rule."""
-    counts = mask.sum(dim=1).tolist()
-    offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
-    pad = (attn.cpu() == 0).sum(dim=1).tolist()
-    rows: list[tuple[str, Sample, dict[str, Any], slice]] = []
-    for b, sample in enumerate(samples):
-        lo, hi = offsets[b], offsets[b + 1]
-        if hi == lo:
-            continue
-        if reduce == "mean" or hi - lo == 1:
-            rows.append((sample.id, sample, {**sample.meta, "n_positions": hi - lo}, slice(lo, hi)))
-            continue
-        positions = (mask[b].nonzero().flatten() - pad[b]).tolist()
-        for j, p in enumerate(positions):
-            rows.append((f"{sample.id}#{p}", sample, {**sample.meta, "position": p}, slice(lo + j, lo + j + 1)))
-    return rows
-
-
 def read_activations(
     tensor: Float[Tensor, "n d"],
     samples: Sequence[Sample],
@@ -103,7 +82,7 @@ def read_activations(
             "pass the tensor ns.read returned for these inputs and this selector",
         )
     attn = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
-    layout = _row_layout(mask, attn, samples, reduce)
+    layout = prompt_rows(mask, attn, samples, reduce)
     rows = [tensor[s].float().mean(0).to(dtype) for _, _, _, s in layout]
     from nnshift.capture import store_key
 

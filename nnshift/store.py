@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from nnshift.artifacts import atomic_write_bytes, write_artifact
@@ -43,6 +43,32 @@ def sample_id_of(row: str, sample_ids: Container[str] | None = None) -> str:
         return row
     head, sep, _ = row.rpartition("#")
     return head if sep else row
+
+
+def prompt_rows(
+    mask: Bool[Tensor, "b s"], attention_mask: Int[Tensor, "b s"], samples: Sequence[Any], reduce: str | None
+) -> list[tuple[str, Any, dict[str, Any], slice]]:
+    """(row id, sample, meta, slice of the flat selected states) per row of a prompt selection.
+
+    The flat states are ``h[mask]`` (batch order, then position order). A sample with one selected position, or
+    with ``reduce="mean"``, gives one row (its id); otherwise one row per position, ``row_id(id, position)`` with
+    positions counted from the first non-padding token. Samples with no selected position give no row.
+    """
+    counts = mask.sum(dim=1).tolist()
+    offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
+    pad = (attention_mask.cpu() == 0).sum(dim=1).tolist()
+    rows: list[tuple[str, Any, dict[str, Any], slice]] = []
+    for b, sample in enumerate(samples):
+        lo, hi = offsets[b], offsets[b + 1]
+        if hi == lo:
+            continue
+        if reduce == "mean" or hi - lo == 1:
+            rows.append((sample.id, sample, {**sample.meta, "n_positions": hi - lo}, slice(lo, hi)))
+            continue
+        positions = (mask[b].nonzero().flatten() - pad[b]).tolist()
+        for j, p in enumerate(positions):
+            rows.append((row_id(sample.id, p), sample, {**sample.meta, "position": p}, slice(lo + j, lo + j + 1)))
+    return rows
 
 
 @dataclass
