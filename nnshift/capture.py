@@ -14,7 +14,7 @@ from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
-from nnshift.options import RunOptions, batched, run_options
+from nnshift.options import Remote, RunOptions, batched, run_options
 from nnshift.positions import Generated, Selector, SelectorLike, TokenOfInterest, as_selector, find_word_token
 from nnshift.store import Activations, ActivationStore, prompt_rows, row_id, sample_id_of
 
@@ -301,7 +301,7 @@ def capture(
     shard_size: int = 256,
     dtype: torch.dtype = torch.float32,
     progress: bool | None = None,
-    remote: bool | None = None,
+    remote: Remote | None = None,
     options: RunOptions | None = None,
 ) -> Activations | dict[int, Activations]:
     """Residual-stream states of ``vlm`` after decoder block ``layer`` at the positions ``at`` selects.

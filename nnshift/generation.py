@@ -13,7 +13,7 @@ from torch import Tensor
 
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, PositionError
-from nnshift.options import RunOptions, batched, run_options
+from nnshift.options import Remote, RunOptions, batched, run_options
 
 if TYPE_CHECKING:
     from nnshift.steering.patches import Patch, PatchSet
@@ -67,7 +67,7 @@ def run_generation(
     max_new_tokens: int,
     layers: Sequence[int] = (),
     edit: Edit | None = None,
-    remote: bool = False,
+    remote: Remote = False,
 ) -> BatchRun:
     """Greedy generation of one prepared batch in nnsight; saves the last-position state of ``layers`` at each step.
 
@@ -86,7 +86,7 @@ def run_generation(
     }
     if remote:
         ensure_remote_ready()
-        kwargs["remote"] = True
+        kwargs["remote"] = remote  # True (NDIF) or "local" (nnsight's dry run)
     with warnings.catch_warnings():
         # every row may stop before max_new_tokens: nnsight then warns that the bounded loop was cut short,
         # which is what we want (the ids are read inside the loop), so the warning is not shown to users
@@ -130,7 +130,7 @@ def generate(
     edit: Edit | None = None,
     progress: bool | None = None,
     *,
-    remote: bool | None = None,
+    remote: Remote | None = None,
     options: RunOptions | None = None,
 ) -> list[str]:
     """Greedy answers of ``vlm`` for ``samples`` (batched, left padding), as text.
@@ -176,7 +176,7 @@ def steer(
     batch_size: int | None = None,
     *,
     progress: bool | None = None,
-    remote: bool | None = None,
+    remote: Remote | None = None,
     options: RunOptions | None = None,
 ) -> list[str]:
     """Greedy answers of ``vlm`` for ``samples`` with ``patch`` applied at every generation step.

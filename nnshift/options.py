@@ -19,16 +19,19 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 from nnshift.errors import OptionsError
 
-__all__ = ["RunOptions", "batched", "run_options"]
+__all__ = ["Remote", "RunOptions", "batched", "run_options"]
 
 T = TypeVar("T")
+
+#: where traces run: False (here), True (NDIF), "local" (nnsight's dry run of a remote request, here)
+Remote = bool | Literal["local"]
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -45,12 +48,15 @@ def _flag(name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a runner batches and generates: batch size, new-token budget, progress bar, NDIF (``remote``)."""
+    """How a runner batches and generates: batch size, new-token budget, progress bar, NDIF (``remote``).
+
+    ``remote`` is False (local), True (NDIF) or ``"local"`` (nnsight's dry run of a remote request, locally).
+    """
 
     batch_size: int = 16
     max_new_tokens: int = 20
     progress: bool = True
-    remote: bool = False
+    remote: Remote = False
 
     # __post_init__ checks the types itself with an OptionsError that says what to pass; this keeps jaxtyping's
     # runtime checker (the tests' import hook) from pre-empting it with a bare TypeCheckError
@@ -60,7 +66,8 @@ class RunOptions:
         _positive_int("batch_size", self.batch_size)
         _positive_int("max_new_tokens", self.max_new_tokens)
         _flag("progress", self.progress)
-        _flag("remote", self.remote)
+        if self.remote != "local":  # nnsight's serialisation dry run: the request is built and run here
+            _flag("remote", self.remote)
 
     def replace(self, **changes: Any) -> RunOptions:
         """A copy with some fields changed (validated again)."""

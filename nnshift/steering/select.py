@@ -24,7 +24,7 @@ from torch import Tensor
 from nnshift.answers import normalize_answer
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, SteeringError, TokenOfInterestError
-from nnshift.options import RunOptions, run_options
+from nnshift.options import Remote, RunOptions, run_options
 from nnshift.positions import SelectorLike
 from nnshift.steering.patches import Patch, PatchSet
 from nnshift.steering.vectors import SteeringVector, _concepts_of, fine
@@ -152,7 +152,7 @@ def by_impact(
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
     progress: bool | None = None,
-    remote: bool | None = None,
+    remote: Remote | None = None,
     options: RunOptions | None = None,
 ) -> list[ImpactScore]:
     """Rank candidate vectors by how much they steer the answers of ``samples`` towards a few answers.
