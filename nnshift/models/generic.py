@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from nnshift.errors import AdapterValidationError, UnsupportedModelError
 from nnshift.models.adapter import ModelAdapter, resolve_module, text_config_of
 from nnshift.models.registry import REGISTER_HINT
 from nnshift.models.registry import adapter_for as registered_adapter_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["GenericAdapter", "adapter_for", "infer_adapter"]
 
@@ -61,7 +64,7 @@ class GenericAdapter(ModelAdapter):
 
 def _check_forward(adapter: ModelAdapter, hf: nn.Module, n: int) -> None:
     """A 2-token text forward: every block's hooked output equals output_hidden_states[i + 1] (the last is normed)."""
-    layers = resolve_module(hf, adapter.layers)
+    layers = cast(nn.ModuleList, resolve_module(hf, adapter.layers))  # ModelAdapter.validate checked it is one
     seen: dict[int, torch.Tensor] = {}
     handles = [
         layer.register_forward_hook(
@@ -69,8 +72,9 @@ def _check_forward(adapter: ModelAdapter, hf: nn.Module, n: int) -> None:
         )
         for i, layer in enumerate(layers)
     ]
-    vocab = int(resolve_module(hf, adapter.unembed).weight.shape[0])
-    ids = torch.tensor([[1 % vocab, 2 % vocab]], device=hf.get_input_embeddings().weight.device)
+    vocab = int(cast(torch.Tensor, resolve_module(hf, adapter.unembed).weight).shape[0])  # a 2-D weight (validated)
+    embeddings = cast("PreTrainedModel", hf).get_input_embeddings()
+    ids = torch.tensor([[1 % vocab, 2 % vocab]], device=cast(torch.Tensor, embeddings.weight).device)
     where = f"generic adapter on {type(hf).__name__} ({adapter.layers!r})"
     try:
         with torch.no_grad():
@@ -102,7 +106,8 @@ def _path_of(root: nn.Module, target: nn.Module) -> str | None:
 
 def _find_layers(hf: nn.Module, n_layers: int) -> str | None:
     """The dotted path of the text decoder's layer ModuleList (under get_decoder() when the model has one)."""
-    decoder = hf.get_decoder() if callable(getattr(hf, "get_decoder", None)) else None
+    get_decoder = getattr(hf, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
     prefix = _path_of(hf, decoder) if isinstance(decoder, nn.Module) else None
     found = []
     for name, module in hf.named_modules():
@@ -154,7 +159,8 @@ def infer_adapter(hf: nn.Module, processor: Any = None, what: str | None = None)
     norm = _find_norm(hf, layers, hidden)
     if norm is None:
         raise _fail(what, f"a final norm of size {hidden} next to {layers!r}")
-    head = hf.get_output_embeddings() if callable(getattr(hf, "get_output_embeddings", None)) else None
+    get_head = getattr(hf, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
     unembed = _path_of(hf, head) if isinstance(head, nn.Module) else None
     if not unembed:
         raise _fail(what, "the unembedding (get_output_embeddings() returned nothing)")

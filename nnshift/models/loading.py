@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -35,6 +35,9 @@ from nnshift.models.load_checks import check_device, check_model_folder, read_co
 from nnshift.models.lora import LoraRequest, LoraSwitch, check_lora_shapes, meta_model
 from nnshift.models.processors import render_chat
 from nnshift.models.registry import REGISTER_HINT
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["VLM", "load", "DTypeLike"]
 
@@ -190,7 +193,7 @@ class VLM(LoraSwitch):
         self.lora_merged = merged
         self.n_layers, self.hidden_size, self.vocab_size = adapter.validate(self.hf)
         self.is_multimodal: bool = adapter.multimodal
-        self.processor = getattr(model, "processor", None) if adapter.multimodal else None
+        self.processor: Any = getattr(model, "processor", None) if adapter.multimodal else None
         if adapter.multimodal and self.processor is None:
             raise AdapterValidationError(
                 f"{name}: no processor was loaded for the multimodal model {type(self.hf).__name__}",
@@ -229,9 +232,14 @@ class VLM(LoraSwitch):
         return self.model._module
 
     @property
+    def _pretrained(self) -> PreTrainedModel:
+        """`hf` typed as the transformers model it is (its HF methods and properties)."""
+        return cast("PreTrainedModel", self.hf)
+
+    @property
     def _layer_modules(self) -> nn.ModuleList:
         """The decoder-layer ModuleList of the language model."""
-        return resolve_module(self.hf, self.adapter.layers)
+        return cast(nn.ModuleList, resolve_module(self.hf, self.adapter.layers))  # checked by adapter.validate
 
     @property
     def _norm(self) -> nn.Module:
@@ -251,14 +259,14 @@ class VLM(LoraSwitch):
     @property
     def device(self) -> torch.device:
         """Where inputs go: the device of the input embedding (CPU for a model whose weights are not loaded)."""
-        emb = self.hf.get_input_embeddings()
-        device = emb.weight.device if emb is not None else next(self.hf.parameters()).device
+        emb = self._pretrained.get_input_embeddings()
+        device = cast(Tensor, emb.weight).device if emb is not None else next(self.hf.parameters()).device
         return torch.device("cpu") if device.type == "meta" else device
 
     @property
     def dtype(self) -> torch.dtype:
         """The model's floating dtype."""
-        return self.hf.dtype
+        return self._pretrained.dtype
 
     @property
     def pad_token_id(self) -> int:
@@ -455,7 +463,7 @@ class VLM(LoraSwitch):
                 f"logit_lens got vectors of size {h.shape[-1]}, {self.name} has hidden size {self.hidden_size}",
                 "use activations captured from this model",
             )
-        w = self._unembed.weight
+        w = cast(Tensor, self._unembed.weight)  # adapter.validate checked it is a 2-D tensor
         norm_w = next(self._norm.parameters(), w)
         with torch.no_grad():
             x = self._norm(h.to(device=norm_w.device, dtype=norm_w.dtype))

@@ -14,13 +14,18 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from nnshift.errors import NnshiftError
 from nnshift.models.load_checks import LoraAdapterError, check_lora_folder
+
+if TYPE_CHECKING:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+    from transformers import PreTrainedModel
 
 __all__ = [
     "LoraRequest",
@@ -81,7 +86,7 @@ def check_lora_shapes(model: nn.Module, folder: Path, config: dict[str, Any], mo
         )
 
 
-def tuner_layers(model: nn.Module) -> list[nn.Module]:
+def tuner_layers(model: nn.Module) -> list[BaseTunerLayer | AuxiliaryTrainingWrapper]:
     """The injected PEFT layers: LoRA layers and `modules_to_save` copies (both switch with enable_adapters)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
@@ -177,7 +182,8 @@ def _renamed_keys(hf: nn.Module, keys: list[str]) -> dict[str, str] | None:
         from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
     except ImportError:  # pragma: no cover - transformers without weight renaming
         return None
-    conv = get_model_conversion_mapping(hf)
+    model = cast("PreTrainedModel", hf)  # a transformers model: it has a conversion mapping and a base_model_prefix
+    conv = get_model_conversion_mapping(model)
     renamings = [c for c in conv if isinstance(c, WeightRenaming)]
     converters = [c for c in conv if isinstance(c, WeightConverter)]
     params = dict(hf.state_dict())
@@ -185,7 +191,7 @@ def _renamed_keys(hf: nn.Module, keys: list[str]) -> dict[str, str] | None:
     for key, short in stripped.items():
         module, tail = _module_of(short)
         source = f"{module}.weight" if tail is not None else short
-        target = rename_source_key(source, renamings, converters, hf.base_model_prefix, params)[0]
+        target = rename_source_key(source, renamings, converters, model.base_model_prefix, params)[0]
         new = f"{target.removesuffix('.weight')}.{tail}" if tail is not None else target
         if _module_of(new)[0] not in modules:
             return None  # renaming does not explain this adapter: let PEFT and the landing check speak
@@ -253,11 +259,15 @@ class LoraRequest:
 class LoraSwitch:
     """The LoRA on/off switch of a loaded model (mixed into `VLM`, which sets `hf`, `name` and `lora_merged`)."""
 
-    hf: nn.Module
     name: str
     lora_merged: bool
 
-    def _lora_layers(self) -> list[nn.Module]:
+    @property
+    def hf(self) -> nn.Module:
+        """The HF module the LoRA layers are injected in (provided by the class that mixes this in)."""
+        raise NotImplementedError
+
+    def _lora_layers(self) -> list[BaseTunerLayer | AuxiliaryTrainingWrapper]:
         """The injected PEFT layers (LoRA layers and `modules_to_save` copies)."""
         return tuner_layers(self.hf)
 

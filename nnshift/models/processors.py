@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
 
 __all__ = ["image_only_processor", "load_processor", "render_chat"]
 
+# one lenient subclass per processor class (a dict, not functools.cache: mypy does not see classes as Hashable)
+_LENIENT: dict[type[ProcessorMixin], type[ProcessorMixin]] = {}
 
-@cache
-def _lenient(cls: type) -> type:
-    """A same-named subclass of processor `cls` that accepts ``video_processor=None``."""
+
+def _lenient(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """A same-named subclass of processor `cls` that accepts ``video_processor=None`` (made once per class)."""
+    if cls not in _LENIENT:
+        _LENIENT[cls] = _make_lenient(cls)
+    return _LENIENT[cls]
+
+
+def _make_lenient(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """A new same-named subclass of `cls` whose argument check and save accept an absent video processor."""
 
     def check_argument_for_proper_class(self: Any, argument_name: str, argument: Any) -> Any:
         if argument is None and "video" in argument_name:
@@ -33,10 +44,10 @@ def _lenient(cls: type) -> type:
         return [str(out)]
 
     namespace = {"check_argument_for_proper_class": check_argument_for_proper_class, "save_pretrained": save_pretrained}
-    return type(cls.__name__, (cls,), namespace)
+    return cast("type[ProcessorMixin]", type(cls.__name__, (cls,), namespace))
 
 
-def image_only_processor(cls: type, image_processor: Any, tokenizer: Any, **kwargs: Any) -> Any:
+def image_only_processor(cls: type[ProcessorMixin], image_processor: Any, tokenizer: Any, **kwargs: Any) -> Any:
     """Processor `cls` (e.g. Qwen2VLProcessor) built with no video processor (images and text only)."""
     return _lenient(cls)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **kwargs)
 
@@ -59,7 +70,8 @@ def load_processor(path: str | Path, **kwargs: Any) -> Any:
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
     config = AutoConfig.from_pretrained(path, **kwargs)
-    cls = PROCESSOR_MAPPING[type(config)]
+    # the mapping is annotated for tokenizer pairs; for a config type it holds the processor class
+    cls = cast("type[ProcessorMixin]", PROCESSOR_MAPPING[type(config)])
     processor_dict, _ = cls.get_processor_dict(path, **kwargs)
     image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)

@@ -70,7 +70,7 @@ def save_tiny_lora(
             if "lora_B" in name:
                 p.normal_(0.0, scale)
     out = Path(out_dir)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out
 
 

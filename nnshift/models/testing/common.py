@@ -112,7 +112,7 @@ def llama_text(vocab: int, layers: int = 2, **kw: Any) -> Any:
     """A tiny LlamaConfig."""
     from transformers import LlamaConfig
 
-    base = {
+    base: dict[str, Any] = {
         "vocab_size": vocab,
         "hidden_size": 32,
         "intermediate_size": 64,

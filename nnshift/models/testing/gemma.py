@@ -81,8 +81,7 @@ def _build_paligemma(folder: Path, vision_layers: int = 2, text_layers: int = 2,
     )
 
     tok = tiny_tokenizer("gemma", ["<image>"], attributes={"image_token": "<image>"})
-    ip = SiglipImageProcessorPil(size={"height": 32, "width": 32})
-    ip.image_seq_length = 16
+    ip = SiglipImageProcessorPil(size={"height": 32, "width": 32}, image_seq_length=16)
     proc = PaliGemmaProcessor(image_processor=ip, tokenizer=tok)
     cfg = PaliGemmaConfig(
         vision_config=siglip_vision(vision_layers),

@@ -48,6 +48,9 @@ def _build_qwen_vl(folder: Path, version: str, vision_layers: int = 2, text_laye
         "vision_start_token_id": ids["<|vision_start|>"],
         "vision_end_token_id": ids["<|vision_end|>"],
     }
+    vision: dict[str, Any]
+    cfg: transformers.PreTrainedConfig
+    model: transformers.PreTrainedModel
     if version == "2":
         vision = {
             "depth": vision_layers,
