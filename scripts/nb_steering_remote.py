@@ -70,17 +70,19 @@ NB03 = [
     code("""
     patch = vec.patch(alpha=1.0, positions="all")
     inputs = base.prepare(evalset[:4])
-    with base.model.generate(inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False) as tracer:
+    with base.model.generate(inputs, max_new_tokens=4, do_sample=False) as tracer:
         patch(base, inputs=inputs)
         out = tracer.result.save()
-    mine = [base.decode(o[inputs["input_ids"].shape[1]:]) for o in out]
+    mine = [base.decode(o[inputs["input_ids"].shape[1]:]).strip() for o in out]
+    steered = ns.steer(base, evalset[:4], patch, max_new_tokens=4, progress=False)
     for q, b, a in zip(evalset[:4], before[:4], mine):
         print(f"{q.prompt!r}: {b!r} -> {a!r}")
-    moved = sum(b.split()[:1] != a.split()[:1] for b, a in zip(before[:4], mine))
-    print(f"the first word changed in {moved} of 4 answers")"""),
+    moved = sum(b != a for b, a in zip(before[:4], mine))
+    same = sum(a == s for a, s in zip(mine, steered))
+    print(f"{moved} of 4 answers changed; {same} of 4 equal what ns.steer gives with the same patch")"""),
     md("""
-    `min_new_tokens=4` makes every row run all 4 steps, so the decoded answers can run past the point where
-    `ns.steer` would stop them; compare the first words with the unsteered answers.
+    The patch steers every decode step of your own `generate`, however its length is set, and the
+    statements after it run even when every row stops early: no `min_new_tokens` is needed.
 
     ## Target answer: yes -> no
 
@@ -187,7 +189,7 @@ NB04 = [
     patch = vec.patch(alpha=4.0, positions="all")
     inputs = base.prepare(samples)"""),
     code("""
-    gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    gen = dict(max_new_tokens=4, do_sample=False)
     with base.model.generate(inputs, **gen) as tracer:
         patch(base, inputs=inputs)
         out_local = tracer.result.save()
