@@ -296,7 +296,7 @@ def test_shift_package_keeps_its_names():
     ]  # fmt: skip
     assert sorted(ns.shift.__all__) == sorted(old)
     assert all(callable(getattr(ns.shift, n)) for n in old)
-    assert "shift_vectors" in ns.shift._TENSORS and ns.shift.FORMAT_VERSION == 1
+    assert "shift_vectors" in ns.shift._TENSORS and ns.shift.FORMAT_VERSION == 2
 
 
 def _long_functions(path: Path, limit: int = 80) -> list[str]:
