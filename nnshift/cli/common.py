@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from nnshift.errors import NnshiftError
 
@@ -157,10 +158,36 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True, remote: bo
         default="auto",
         help="float32, bfloat16, float16 or auto (default: auto = the checkpoint's own dtype)",
     )
+    p.add_argument(
+        "--processor-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="an option for the processor's from_pretrained, repeatable (e.g. max_pixels=1003520 for Qwen2-VL); "
+        "VALUE is read as JSON when it parses, else as a string",
+    )
     if remote:
         p.add_argument(
             "--remote", action="store_true", help="run on NDIF (remote=True); hub models only, see docs/remote.md"
         )
+
+
+def processor_options(pairs: Sequence[str] | None) -> dict[str, Any] | None:
+    """``--processor-option KEY=VALUE`` pairs as a dict (values parsed as JSON when they parse)."""
+    if not pairs:
+        return None
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(
+                f"--processor-option {pair!r} is not KEY=VALUE", "e.g. --processor-option max_pixels=1003520"
+            )
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nnshift.cli.common import CliError, require
+from nnshift.cli.common import CliError, processor_options, require
 
 __all__ = [
     "resolve_device",
@@ -109,6 +109,9 @@ def load_model(args: argparse.Namespace) -> Any:
     device_map = resolve_device(getattr(args, "device", "auto"))
     if device_map is not None:
         kwargs["device_map"] = device_map
+    options = processor_options(getattr(args, "processor_option", None))
+    if options is not None:
+        kwargs["processor_options"] = options
     if name in zoo.names() or (name.startswith("shapes-") and not Path(name).exists()):
         if getattr(args, "remote", False):
             raise CliError(f"--remote: the zoo model {name} is not hosted on NDIF", "drop --remote to run it locally")

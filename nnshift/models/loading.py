@@ -57,6 +57,7 @@ def load(
     adapter: ModelAdapter | None = None,
     dispatch: bool = True,
     verbose: bool = False,
+    processor_options: dict[str, Any] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> VLM:
     """Load a supported model (hub id, folder, HF model object or nnsight model) as a `VLM`.
@@ -67,7 +68,8 @@ def load(
     overrides the registry lookup. ``dispatch=False`` (hub id or folder only) builds nnsight's weightless meta
     model, for remote execution on NDIF; the weights load on the first local trace. ``verbose`` shows
     transformers' weight-loading progress bars. Paths, configs, weights, the adapter and the device are checked
-    before any weights are read.
+    before any weights are read. ``processor_options`` go to the processor's ``from_pretrained`` (e.g. Qwen2-VL's
+    ``{"min_pixels": ..., "max_pixels": ...}``), so they are part of the processor settings a store records.
     """
     from nnsight.intervention.envoy import Envoy
 
@@ -92,6 +94,8 @@ def load(
         )
     if isinstance(model, (str, Path)):
         check_model_folder(str(model), need_weights=dispatch)
+    if processor_options:
+        processor = _processor_with(model, processor, processor_options)
     lora_req = LoraRequest(lora, merge)
     with quiet_loading(verbose):
         if isinstance(model, Envoy):
@@ -99,6 +103,27 @@ def load(
         if isinstance(model, nn.Module):
             return _load_module(model, lora_req, adapter, dtype_value, tokenizer, processor)
         return _load_path(str(model), lora_req, adapter, load_kwargs, tokenizer, processor, dispatch)
+
+
+def _processor_with(model: Any, processor: Any, options: dict[str, Any]) -> Any:
+    """The model's processor loaded with ``options`` (e.g. image sizes), from its folder or hub id."""
+    from nnshift.errors import ArgumentError
+    from nnshift.models.processors import load_processor
+
+    if processor is not None:
+        raise ArgumentError("both processor= and processor_options= given", "pass the options or a built processor")
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ArgumentError(f"processor_options must be a dict of names, got {options!r}", "e.g. {'max_pixels': 1024}")
+    module = getattr(model, "_module", model)
+    source = (
+        str(model) if isinstance(model, (str, Path)) else getattr(getattr(module, "config", None), "name_or_path", "")
+    )
+    if not source:
+        raise ArgumentError(
+            "processor_options= needs a folder or hub id to load the processor from",
+            "pass processor=AutoProcessor.from_pretrained(path, **options) instead",
+        )
+    return load_processor(source, **options)
 
 
 def _load_envoy(model: Any, lora: LoraRequest, adapter: ModelAdapter | None) -> VLM:
