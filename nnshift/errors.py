@@ -20,6 +20,7 @@ __all__ = [
     "ImageReadError",
     "DataFormatError",
     "PairingError",
+    "ProvenanceError",
     "ConceptError",
     "ZooError",
     "SteeringError",
@@ -109,3 +110,7 @@ class ZooError(NnshiftError, LookupError):
 
 class SteeringError(NnshiftError, ValueError):
     """Inconsistent steering inputs: vectors from different layers, a patch with no layer, bad per-sample scales."""
+
+
+class ProvenanceError(PairingError, SteeringError):
+    """Two activation sets of different layers, positions or hidden sizes, or a model compared with itself."""

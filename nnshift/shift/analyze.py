@@ -129,10 +129,16 @@ def shifted_dictionary(dico_a: ConceptDictionaryLike, shifted: Float[Tensor, "k 
 
 
 def _inputs(
-    acts_a: ActsA, acts_b: ActsB, dico_a: ConceptDictionaryLike, dico_b: ConceptDictionaryLike, alpha: Any, n_mas: int
+    acts_a: ActsA,
+    acts_b: ActsB,
+    dico_a: ConceptDictionaryLike,
+    dico_b: ConceptDictionaryLike,
+    alpha: Any,
+    n_mas: int,
+    same_model_ok: bool = False,
 ) -> _Inputs:
     """Stage 1: every input checked before any work."""
-    a, b, ids = pair_matrices(acts_a, acts_b)
+    a, b, ids = pair_matrices(acts_a, acts_b, same_model_ok=same_model_ok)
     u_a = concept_matrix(dico_a, "dico_a", a.device, a.dtype)
     u_b = concept_matrix(dico_b, "dico_b", a.device, a.dtype)
     check_dictionaries(u_a, u_b, a.shape[1])
@@ -260,13 +266,16 @@ def analyze(
     top_words: int = 15,
     n_mas: int = 5,
     thresholds: DynamicsThresholds | None = None,
+    same_model_ok: bool = False,
 ) -> ShiftReport:
     """The shift analysis of an original (a) and a fine-tuned (b) model on paired samples; see docs/shift.md.
 
     ``vlm`` (or a ``ground`` callable mapping ``[K, D]`` concepts to word lists) enables the text-grounding
     comparisons (T-Overlap); ``n_mas`` is the number of most-activating samples per concept.
+    Activations of different layers or selectors, and two captures of one model (unless
+    ``same_model_ok=True``), raise `nnshift.errors.ProvenanceError`.
     """
-    x = _inputs(acts_a, acts_b, dico_a, dico_b, alpha, n_mas)
+    x = _inputs(acts_a, acts_b, dico_a, dico_b, alpha, n_mas, same_model_ok)
     th = thresholds or DynamicsThresholds()
     if ground is None and vlm is not None:
         ground = vlm_grounder(vlm, top_words)

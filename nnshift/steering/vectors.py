@@ -24,9 +24,16 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from nnshift.answers import answer_type, normalize_answer
-from nnshift.errors import CorruptStoreError, EmptyInputError, HiddenSizeMismatchError, NonFiniteError, SteeringError
+from nnshift.errors import (
+    ArgumentError,
+    CorruptStoreError,
+    EmptyInputError,
+    HiddenSizeMismatchError,
+    NonFiniteError,
+    SteeringError,
+)
 from nnshift.metrics import concept_matrix
-from nnshift.store import Activations, as_matrix, atomic_write_bytes
+from nnshift.store import Activations, as_matrix, atomic_write_bytes, check_same_provenance
 
 if TYPE_CHECKING:
     from nnshift.positions import SelectorLike
@@ -170,20 +177,31 @@ def _versions() -> dict[str, str]:
 
 def _describe(x: Activations | Tensor) -> dict[str, Any]:
     if isinstance(x, Activations):
-        return {"n": len(x), "ids": list(x.ids), "model": x.info.get("model"), "layer": x.info.get("layer")}
+        keys = ("model", "layer", "selector", "weights", "lora")
+        return {
+            "n": len(x),
+            "ids": list(x.ids),
+            **{k: x.info.get(k) for k in keys if k in x.info or k in ("model", "layer")},
+        }
     return {"n": int(x.shape[0])}
 
 
+def _check_layer(layer: Any, data_layer: Any, what: str) -> int | None:
+    """``layer=`` as an int (None: the data's layer); `ProvenanceError` if it contradicts the data's layer."""
+    if layer is None:
+        return None if data_layer is None else int(data_layer)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ArgumentError(f"layer must be an int, got {layer!r}", "pass layer=12 or layer=-1 (the last layer)")
+    check_same_provenance({"layer": layer}, {"layer": data_layer}, ("layer=", what), fields=("layer",))
+    return layer
+
+
 def _layer_of(*sets: Activations | Tensor, layer: int | None) -> int | None:
-    if layer is not None:
-        return int(layer)
-    layers = {x.info.get("layer") for x in sets if isinstance(x, Activations) and x.info.get("layer") is not None}
-    if len(layers) > 1:
-        raise SteeringError(
-            f"the source and target activations come from different layers {sorted(layers)}",
-            "capture both sets at the same layer, or pass layer= explicitly",
-        )
-    return int(next(iter(layers))) if layers else None
+    """The layer of the source and target sets, which must agree (and agree with ``layer=`` if given)."""
+    if len(sets) == 2:
+        check_same_provenance(sets[0], sets[1], ("source", "target"), fields=("layer", "hidden_size"))
+    layers = [x.info.get("layer") for x in sets if isinstance(x, Activations) and x.info.get("layer") is not None]
+    return _check_layer(layer, layers[0] if layers else None, "the activations")
 
 
 def _model_of(*sets: Activations | Tensor) -> Any:
@@ -216,6 +234,10 @@ def coarse(
 
     ``source`` / ``target``: `Activations` or ``[M, D]`` tensors of the same layer (e.g. questions answered
     yes/no -> answered with a number). ``layer`` defaults to the activations' layer.
+
+    Both sets must come from one layer and hidden size (else `nnshift.errors.ProvenanceError`); they may
+    come from two models (base -> fine-tuned) or two position selectors (generated mean -> a colour word's
+    token, the caption-style recipe): both are recorded in ``info["source"]`` / ``info["target"]``.
     """
     vec = _mean_difference(source, target)
     layer_ = _layer_of(source, target, layer=layer)
@@ -375,7 +397,7 @@ def fine(dico: Any, i: int, j: int, *, layer: int | None = None) -> SteeringVect
     if i == j:
         raise SteeringError(f"fine({i}, {j}): a concept to itself is the zero vector", "pick two different concepts")
     d_layer, desc = _dico_info(dico)
-    layer_ = int(layer) if layer is not None else d_layer
+    layer_ = _check_layer(layer, d_layer, "the dictionary's activations")
     vec = concepts[j].float() - concepts[i].float()
     info = {"model": desc["model"], "layer": layer_, "concepts": [i, j], "dictionary": desc, "versions": _versions()}
     return SteeringVector(vec, layer_, "fine", info)
