@@ -213,9 +213,15 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+_MISSING = object()
+
+
 def _differs(field_name: str, va: Any, vb: Any) -> bool:
-    """Whether two known provenance values disagree (a negative layer is relative: not comparable to a positive)."""
-    if va is None or vb is None:
+    """Whether two known provenance values disagree (a negative layer is relative: not comparable to a positive).
+
+    A field missing on one side is unknown; so is None, except for ``reduce`` (None: one row per position).
+    """
+    if va is _MISSING or vb is _MISSING or (field_name != "reduce" and (va is None or vb is None)):
         return False
     if field_name == "layer" and isinstance(va, int) and isinstance(vb, int) and (va < 0) != (vb < 0):
         return False
@@ -245,7 +251,7 @@ def check_same_provenance(
     """
     info_a, info_b = _info_of(a), _info_of(b)
     for name in fields:
-        va, vb = info_a.get(name), info_b.get(name)
+        va, vb = info_a.get(name, _MISSING), info_b.get(name, _MISSING)
         if _differs(name, va, vb):
             raise ProvenanceError(
                 f"{what[0]} and {what[1]} come from different {_FIELD_NAMES.get(name, name)}: "

@@ -48,6 +48,7 @@ from nnshift.errors import (
     SteeringError,
 )
 from nnshift.positions import Image, Selector, SelectorLike, Text, TokenOfInterest, Union, as_selector
+from nnshift.steering.checks import check_edit_finite
 from nnshift.steering.vectors import SteeringVector
 
 __all__ = ["BoundPatch", "Patch", "PatchSet", "steer"]
@@ -335,6 +336,7 @@ class _Steerable:
             if attn is None:
                 attn = torch.ones_like(ids)
             img = vlm.image_token_mask(ids)
+        check_edit_finite(self, vlm.dtype)
         edits, batch = self._edits(vlm.n_layers, vlm.hidden_size, attn, img, vlm.device, vlm.dtype)
         return BoundPatch(edits, batch)
 
@@ -575,6 +577,7 @@ def steer(
     if len(samples) == 0:
         raise EmptyInputError("steer() got no samples", "pass at least one Sample")
     patch.check(vlm.hidden_size, vlm.n_layers)
+    check_edit_finite(patch, vlm.dtype)
     n = patch.batch_size
     if n is not None and n != len(samples):
         raise PositionError(

@@ -123,10 +123,18 @@ class SteeringVector:
         layer: int | None = None,
         rows: Tensor | Sequence[bool] | Sequence[float] | None = None,
     ) -> Patch:
-        """A `Patch` adding ``alpha * s`` at ``positions`` (default ``"all"``, like the reference) of ``layer``."""
+        """A `Patch` adding ``alpha * s`` at ``positions`` (default ``"all"``, like the reference) of ``layer``.
+
+        ``alpha`` must be finite and ``alpha * s`` finite in float32 (`nnshift.errors.NonFiniteError`);
+        `nnshift.steer` / `Patch.bind` check it again in the model's dtype.
+        """
+        from nnshift.steering.checks import check_alpha, check_edit_finite
         from nnshift.steering.patches import Patch
 
-        return Patch(self, alpha=alpha, positions=positions, layer=layer, rows=rows)
+        check_alpha(alpha)
+        patch = Patch(self, alpha=alpha, positions=positions, layer=layer, rows=rows)
+        check_edit_finite(patch)
+        return patch
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON side of the vector (everything but the tensor)."""
@@ -196,7 +204,7 @@ def _check_layer(layer: Any, data_layer: Any, what: str) -> int | None:
     return layer
 
 
-def _layer_of(*sets: Activations | Tensor, layer: int | None) -> int | None:
+def _layer_of(*sets: Activations | Tensor, layer: Any) -> int | None:
     """The layer of the source and target sets, which must agree (and agree with ``layer=`` if given)."""
     if len(sets) == 2:
         check_same_provenance(sets[0], sets[1], ("source", "target"), fields=("layer", "hidden_size"))
