@@ -177,7 +177,9 @@ def as_matrix(acts: Activations | Tensor, name: str = "activations") -> Float[Te
     t = acts.tensor if isinstance(acts, Activations) else acts
     if not isinstance(t, Tensor) or t.ndim != 2:
         shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"{name} must be an [M, D] tensor or Activations, got {shape}")
+        raise ArgumentError(
+            f"{name} must be an [M, D] tensor or Activations, got {shape}", "pass ns.capture's result or a 2-D tensor"
+        )
     if t.shape[0] == 0:
         raise EmptyInputError(f"{name} is empty (0 samples)", "check that the capture kept at least one sample")
     if not torch.isfinite(t).all():
@@ -249,6 +251,9 @@ def check_same_provenance(
     ``a`` / ``b``: `Activations`, provenance mappings, or plain tensors (no provenance: nothing is checked).
     A field missing on either side is not compared. Raises `ProvenanceError` naming both values.
     """
+    from nnshift.arguments import check_flag
+
+    check_flag(same_model_ok, "same_model_ok")
     info_a, info_b = _info_of(a), _info_of(b)
     for name in fields:
         va, vb = info_a.get(name, _MISSING), info_b.get(name, _MISSING)

@@ -18,7 +18,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from nnshift.errors import ConceptError
+from nnshift.arguments import check_int
+from nnshift.errors import ArgumentError, ConceptError
 from nnshift.metrics import (
     ConceptDictionaryLike,
     assign,
@@ -254,6 +255,15 @@ def _info(acts: tuple[ActsA, ActsB], dicos: tuple[Any, Any], n_mas: int, top_wor
     }
 
 
+def _check_options(thresholds: Any, ground: Any, top_words: Any) -> None:
+    """``thresholds``, ``ground`` and ``top_words`` of the right kinds (before any work)."""
+    if thresholds is not None and not isinstance(thresholds, DynamicsThresholds):
+        raise ArgumentError(f"thresholds must be DynamicsThresholds, got {thresholds!r}", "omit it or build one")
+    if ground is not None and not callable(ground):
+        raise ArgumentError(f"ground must be a callable, got {ground!r}", "pass e.g. ground=ns.concepts.ground_text")
+    check_int(top_words, "top_words", 1)
+
+
 def analyze(
     acts_a: ActsA,
     acts_b: ActsB,
@@ -276,6 +286,7 @@ def analyze(
     ``same_model_ok=True``), raise `nnshift.errors.ProvenanceError`.
     """
     x = _inputs(acts_a, acts_b, dico_a, dico_b, alpha, n_mas, same_model_ok)
+    _check_options(thresholds, ground, top_words)
     th = thresholds or DynamicsThresholds()
     if ground is None and vlm is not None:
         ground = vlm_grounder(vlm, top_words)

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from nnshift.errors import ConceptError, HiddenSizeMismatchError, NonFiniteError, PairingError
+from nnshift.errors import ArgumentError, ConceptError, HiddenSizeMismatchError, NonFiniteError, PairingError
 from nnshift.metrics import matrix, work_dtype
 from nnshift.store import Activations, check_same_provenance
 
@@ -112,6 +112,8 @@ def check_assignment(assignment: Tensor, m: int, k: int) -> Int[Tensor, " m"]:
 
 def check_alpha(alpha: float | int) -> float:
     """A finite shift scale α, as a float."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ArgumentError(f"alpha must be a number, got {alpha!r}", "pass a finite scale, e.g. alpha=1.0")
     if not math.isfinite(alpha):
         raise NonFiniteError(f"alpha = {alpha} is not finite", "pass a finite scale, e.g. alpha=1.0")
     return float(alpha)

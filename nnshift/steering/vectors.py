@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from nnshift.answers import answer_type, normalize_answer
+from nnshift.arguments import check_int, check_mapping, check_str, check_strings
 from nnshift.errors import (
     ArgumentError,
     CorruptStoreError,
@@ -132,6 +133,7 @@ class SteeringVector:
         from nnshift.steering.patches import Patch
 
         check_alpha(alpha)
+        check_int(layer, "layer", optional=True)
         patch = Patch(self, alpha=alpha, positions=positions, layer=layer, rows=rows)
         check_edit_finite(patch)
         return patch
@@ -198,8 +200,7 @@ def _check_layer(layer: Any, data_layer: Any, what: str) -> int | None:
     """``layer=`` as an int (None: the data's layer); `ProvenanceError` if it contradicts the data's layer."""
     if layer is None:
         return None if data_layer is None else int(data_layer)
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ArgumentError(f"layer must be an int, got {layer!r}", "pass layer=12 or layer=-1 (the last layer)")
+    check_int(layer, "layer")
     check_same_provenance({"layer": layer}, {"layer": data_layer}, ("layer=", what), fields=("layer",))
     return layer
 
@@ -215,6 +216,14 @@ def _layer_of(*sets: Activations | Tensor, layer: Any) -> int | None:
 def _model_of(*sets: Activations | Tensor) -> Any:
     models = [x.info.get("model") for x in sets if isinstance(x, Activations) and x.info.get("model")]
     return models[0] if models else None
+
+
+def _check_acts(acts: Any) -> None:
+    """``acts`` is an `Activations` (answers and samples are needed, a plain tensor has none)."""
+    if not isinstance(acts, Activations):
+        raise ArgumentError(
+            f"acts must be an Activations, got {type(acts).__name__}", "pass what ns.capture returned (with answers)"
+        )
 
 
 def _mean_difference(source: Activations | Tensor, target: Activations | Tensor) -> Float[Tensor, " d"]:
@@ -320,6 +329,10 @@ def target_answer(
     own answers (``acts.answers``), ``"reference"`` the samples' first reference answer, ``"both"`` needs
     both to agree. ``match="first_word"`` compares only the answers' first word.
     """
+    _check_acts(acts)
+    check_strings(source, "source"), check_strings(target, "target")
+    if match not in ("exact", "first_word"):
+        raise SteeringError(f"unknown match={match!r}", "use match='exact' or match='first_word'")
     key = _first_word if match == "first_word" else normalize_answer
     src, tgt = _as_set(source), _as_set(target)
     if src & tgt:
@@ -352,6 +365,8 @@ def answer_type_vector(
     ``by="answer"`` types the model's own answers with `nnshift.evaluate.answer_type` (yes/no, number, other);
     ``by="reference"`` uses the samples' ``meta["answer_type"]`` (VQAv2's ground-truth type).
     """
+    _check_acts(acts)
+    check_str(source, "source"), check_str(target, "target"), check_mapping(types, "types")
     if by == "answer":
         kinds = [answer_type(a, types) for a in acts.answers]
     elif by == "reference":
@@ -398,7 +413,8 @@ def fine(dico: Any, i: int, j: int, *, layer: int | None = None) -> SteeringVect
     """
     concepts = _concepts_of(dico)
     k = concepts.shape[0]
-    for idx in (i, j):
+    for idx, name in ((i, "i"), (j, "j")):
+        check_int(idx, name)
         if not -k <= int(idx) < k:
             raise SteeringError(f"concept index {idx} is out of range for K={k}", f"use 0..{k - 1}")
     i, j = int(i) % k, int(j) % k
@@ -411,12 +427,20 @@ def fine(dico: Any, i: int, j: int, *, layer: int | None = None) -> SteeringVect
     return SteeringVector(vec, layer_, "fine", info)
 
 
+def _pairs(pairs: Any) -> list[tuple[int, int]]:
+    """``pairs`` checked: an iterable of ``(i, j)`` concept-index pairs."""
+    items = list(pairs) if isinstance(pairs, Iterable) and not isinstance(pairs, (str, bytes)) else None
+    if items is None or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in items):
+        raise ArgumentError(f"pairs must be a list of (i, j) index pairs, got {pairs!r}", "pass e.g. pairs=[(0, 1)]")
+    return [(check_int(i, "i"), check_int(j, "j")) for i, j in items]
+
+
 def fine_all(
     dico: Any, pairs: Iterable[tuple[int, int]] | None = None, *, layer: int | None = None
 ) -> dict[tuple[int, int], SteeringVector]:
     """Every fine-grained vector of a dictionary: ``{(i, j): u_j - u_i}`` for all ``i != j`` (or the given pairs)."""
     k = _concepts_of(dico).shape[0]
-    chosen = [(i, j) for i in range(k) for j in range(k) if i != j] if pairs is None else list(pairs)
+    chosen = [(i, j) for i in range(k) for j in range(k) if i != j] if pairs is None else _pairs(pairs)
     return {(int(i), int(j)): fine(dico, i, j, layer=layer) for i, j in chosen}
 
 
