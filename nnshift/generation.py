@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nnshift.data import Sample
-from nnshift.errors import EmptyInputError
+from nnshift.errors import ArgumentError
 
 __all__ = ["BatchRun", "Edit", "ensure_remote_ready", "generate", "run_generation", "trim_answer"]
 
@@ -128,8 +128,13 @@ def generate(
     progress: bool = True,
 ) -> list[str]:
     """Greedy answers of ``vlm`` for ``samples`` (batched, left padding), as text."""
-    if len(samples) == 0:
-        raise EmptyInputError("generate() got no samples", "pass at least one Sample")
+    from nnshift.arguments import check_flag, check_int, check_samples
+
+    samples = check_samples(samples, "generate()")
+    check_int(max_new_tokens, "max_new_tokens", 1), check_int(batch_size, "batch_size", 1)
+    check_flag(progress, "progress")
+    if edit is not None and not callable(edit):
+        raise ArgumentError(f"edit must be a Patch or a callable, got {edit!r:.60}", "pass edit=vec.patch(alpha)")
     answers: list[str] = []
     bar = tqdm(total=len(samples), desc="generate", disable=not progress, leave=False)
     for start in range(0, len(samples), batch_size):

@@ -48,7 +48,7 @@ from nnshift.errors import (
     SteeringError,
 )
 from nnshift.positions import Image, Selector, SelectorLike, Text, TokenOfInterest, Union, as_selector
-from nnshift.steering.checks import check_edit_finite
+from nnshift.steering.checks import check_edit_finite, check_steer_args
 from nnshift.steering.vectors import SteeringVector
 
 __all__ = ["BoundPatch", "Patch", "PatchSet", "steer"]
@@ -574,8 +574,7 @@ def steer(
     """
     from nnshift.generation import run_generation
 
-    if len(samples) == 0:
-        raise EmptyInputError("steer() got no samples", "pass at least one Sample")
+    samples = check_steer_args(samples, patch, max_new_tokens, batch_size, progress)
     patch.check(vlm.hidden_size, vlm.n_layers)
     check_edit_finite(patch, vlm.dtype)
     n = patch.batch_size

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from nnshift.answers import answer_type, normalize_answer
-from nnshift.arguments import check_int, check_mapping, check_str, check_strings
+from nnshift.arguments import as_list, check_int, check_mapping, check_str, check_strings
 from nnshift.errors import (
     ArgumentError,
     CorruptStoreError,
@@ -429,7 +429,7 @@ def fine(dico: Any, i: int, j: int, *, layer: int | None = None) -> SteeringVect
 
 def _pairs(pairs: Any) -> list[tuple[int, int]]:
     """``pairs`` checked: an iterable of ``(i, j)`` concept-index pairs."""
-    items = list(pairs) if isinstance(pairs, Iterable) and not isinstance(pairs, (str, bytes)) else None
+    items = as_list(pairs)
     if items is None or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in items):
         raise ArgumentError(f"pairs must be a list of (i, j) index pairs, got {pairs!r}", "pass e.g. pairs=[(0, 1)]")
     return [(check_int(i, "i"), check_int(j, "j")) for i, j in items]
