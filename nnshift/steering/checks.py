@@ -22,11 +22,16 @@ def check_alpha(alpha: Any) -> None:
         if not math.isfinite(alpha):
             raise NonFiniteError(f"alpha is {alpha}", hint)
         return
-    if isinstance(alpha, Tensor):
-        if alpha.dtype == torch.bool or alpha.is_complex():
-            raise ArgumentError(f"alpha must hold real numbers, got a {alpha.dtype} tensor", hint)
-        if alpha.is_floating_point() and not bool(torch.isfinite(alpha).all()):
-            raise NonFiniteError("alpha has NaN/Inf values", hint)
+    if isinstance(alpha, (list, tuple)):
+        if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alpha):
+            raise ArgumentError(f"alpha must be a number or a list of numbers, got {alpha!r:.60}", hint)
+        alpha = torch.tensor(alpha, dtype=torch.float64)
+    if not isinstance(alpha, Tensor):
+        raise ArgumentError(f"alpha must be a number or a [B] tensor, got {type(alpha).__name__}", hint)
+    if alpha.dtype == torch.bool or alpha.is_complex():
+        raise ArgumentError(f"alpha must hold real numbers, got a {alpha.dtype} tensor", hint)
+    if alpha.is_floating_point() and not bool(torch.isfinite(alpha).all()):
+        raise NonFiniteError("alpha has NaN/Inf values", hint)
 
 
 def _max_abs(x: float | Tensor) -> float:

@@ -80,7 +80,9 @@ def _as_scale(x: Any, what: str) -> Scale:
         try:
             t = torch.as_tensor(list(x))
         except (TypeError, ValueError) as exc:
-            raise SteeringError(f"{what} must be a number or a [B] sequence, got {type(x).__name__}", "") from exc
+            raise SteeringError(
+                f"{what} must be a number or a [B] sequence, got {type(x).__name__}", "one per sample"
+            ) from exc
     if t.ndim == 0:
         return _as_scale(float(t), what)
     if t.ndim != 1 or t.shape[0] == 0:
