@@ -255,8 +255,14 @@ def _info(acts: tuple[ActsA, ActsB], dicos: tuple[Any, Any], n_mas: int, top_wor
     }
 
 
-def _check_options(thresholds: Any, ground: Any, top_words: Any) -> None:
-    """``thresholds``, ``ground`` and ``top_words`` of the right kinds (before any work)."""
+def _check_options(thresholds: Any, ground: Any, top_words: Any, dicos: tuple[Any, Any]) -> None:
+    """``thresholds``, ``ground``, ``top_words`` and the dictionaries of the right kinds (before any work)."""
+    for name, dico in zip(("dico_a", "dico_b"), dicos, strict=True):
+        if not callable(getattr(dico, "scores", None)) and not callable(getattr(dico, "transform", None)):
+            raise ConceptError(
+                f"{name} must be a concept dictionary (with .transform), got {type(dico).__name__}",
+                "fit one with ns.concepts.fit(acts, k=...), or wrap vectors in ConceptDictionary.from_concepts(u)",
+            )
     if thresholds is not None and not isinstance(thresholds, DynamicsThresholds):
         raise ArgumentError(f"thresholds must be DynamicsThresholds, got {thresholds!r}", "omit it or build one")
     if ground is not None and not callable(ground):
@@ -285,8 +291,8 @@ def analyze(
     Activations of different layers or selectors, and two captures of one model (unless
     ``same_model_ok=True``), raise `nnshift.errors.ProvenanceError`.
     """
+    _check_options(thresholds, ground, top_words, (dico_a, dico_b))
     x = _inputs(acts_a, acts_b, dico_a, dico_b, alpha, n_mas, same_model_ok)
-    _check_options(thresholds, ground, top_words)
     th = thresholds or DynamicsThresholds()
     if ground is None and vlm is not None:
         ground = vlm_grounder(vlm, top_words)
