@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from nnshift._version import versions
+from nnshift.arguments import check_flag
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
@@ -55,7 +56,11 @@ def _check_args(
         raise ArgumentError(
             f"samples must be an iterable of Sample, got {type(samples).__name__}", "pass a list of ns.Sample"
         )
-    samples = list(samples)
+    from nnshift.arguments import as_list
+
+    samples = as_list(samples)
+    if samples is None:
+        raise ArgumentError("samples cannot be iterated", "pass a list of ns.Sample")
     if not samples:
         raise EmptyInputError("capture() got no samples", "pass at least one Sample")
     wrong = [type(s).__name__ for s in samples if not isinstance(s, Sample)]
@@ -330,6 +335,7 @@ def capture(
     selector = as_selector(at)
     sizes = {"batch_size": opts.batch_size, "max_new_tokens": opts.max_new_tokens, "shard_size": shard_size}
     samples = _check_args(samples, layer, selector, reduce, dtype, sizes)
+    check_flag(progress, "progress"), check_flag(remote, "remote")
     single = not isinstance(layer, (list, tuple, range))
     layers = sorted({vlm.layer_index(x) for x in _layer_list(layer)})
     if isinstance(selector, Generated) and reduce is None:

@@ -239,15 +239,20 @@ def load_jsonl(
 
     ``seed`` shuffles before ``limit``; ``limit=0`` gives no samples.
     """
+    from nnshift.arguments import check_int, check_path
+
     if limit is not None:
         _check_limit(limit)
-    path = Path(path)
+    check_int(seed, "seed", optional=True)
+    path, image_dir = check_path(path, "path"), check_path(image_dir, "image_dir", optional=True)
     base = Path(image_dir) if image_dir is not None else path.parent
     samples: list[Sample] = []
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError as exc:
         raise DataFormatError(f"JSONL file not found: {str(path)!r}", "check the path") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"cannot read {str(path)!r} as UTF-8 JSONL: {exc}", "pass a .jsonl text file") from exc
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

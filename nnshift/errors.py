@@ -20,6 +20,7 @@ __all__ = [
     "ImageReadError",
     "DataFormatError",
     "PairingError",
+    "ProvenanceError",
     "ConceptError",
     "ZooError",
     "SteeringError",
@@ -144,3 +145,7 @@ class DeviceError(NnshiftError, ValueError):
 
 class OptionsError(ArgumentError):
     """A run option out of range or of the wrong type (batch size, number of new tokens, progress, remote)."""
+
+
+class ProvenanceError(PairingError, SteeringError):
+    """Two activation sets of different layers, positions or hidden sizes, or a model compared with itself."""

@@ -20,7 +20,7 @@ from typing import Any
 from nnshift.answers import ANSWER_TYPES, answer_type, normalize_answer
 from nnshift.cider import CiderResult, cider_d
 from nnshift.data import Sample
-from nnshift.errors import DataFormatError, EmptyInputError
+from nnshift.errors import ArgumentError, DataFormatError, EmptyInputError
 
 __all__ = [
     "ANSWER_TYPES",
@@ -216,6 +216,22 @@ class VQAComparison:
         }
 
 
+def _check_compare_args(
+    before: Any, after: Any, samples: Any, answers: tuple[Any, Any, Any], official: Any, types: Any
+) -> None:
+    """`compare_vqa`'s arguments of the right kinds, before any work."""
+    from nnshift.arguments import check_flag, check_mapping, check_strings
+
+    for name, x in (("before", before), ("after", after)):
+        if not isinstance(x, (list, tuple)) or not all(isinstance(a, str) for a in x):
+            raise ArgumentError(f"{name} must be a list of answers (str), got {x!r:.60}", "pass ns.generate's output")
+    if not isinstance(samples, (list, tuple)) or not all(isinstance(s, Sample) for s in samples):
+        raise ArgumentError(f"samples must be a list of ns.Sample, got {samples!r:.60}", "pass the samples answered")
+    for name, x in zip(("source", "target", "touched"), answers, strict=True):
+        check_strings(x, name, optional=True)
+    check_flag(official, "official"), check_mapping(types, "types")
+
+
 def compare_vqa(
     before: Sequence[str],
     after: Sequence[str],
@@ -233,6 +249,7 @@ def compare_vqa(
     ``touched``: the ground-truth answer types the steering aims at; accuracy is reported as kept or not on
     every other type (default: the types of the source and target answers, or none).
     """
+    _check_compare_args(before, after, samples, (source, target, touched), official, types)
     _same_length(before, after)
     rb = evaluate_vqa(before, samples, official=official, types=types)
     ra = evaluate_vqa(after, samples, official=official, types=types)

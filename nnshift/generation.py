@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from nnshift.data import Sample
-from nnshift.errors import EmptyInputError, PositionError
+from nnshift.errors import ArgumentError, PositionError
 from nnshift.options import Remote, RunOptions, batched, run_options
 
 if TYPE_CHECKING:
@@ -139,8 +139,11 @@ def generate(
     all at once and explicit keywords win over it. ``remote=True`` runs each batch on NDIF.
     """
     opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
-    if len(samples) == 0:
-        raise EmptyInputError("generate() got no samples", "pass at least one Sample")
+    from nnshift.arguments import check_samples
+
+    samples = check_samples(samples, "generate()")
+    if edit is not None and not callable(edit):
+        raise ArgumentError(f"edit must be a Patch or a callable, got {edit!r:.60}", "pass edit=vec.patch(alpha)")
     answers: list[str] = []
     for _, batch in batched(samples, opts, "generate"):
         run = run_generation(vlm, vlm.prepare(batch), opts.max_new_tokens, edit=edit, remote=opts.remote)
@@ -150,8 +153,9 @@ def generate(
 
 def _check_steer_inputs(vlm: Any, samples: Sequence[Sample], patch: Patch | PatchSet) -> int | None:
     """Validate a patch against the model and the samples (before any forward pass); its per-sample size."""
-    if len(samples) == 0:
-        raise EmptyInputError("steer() got no samples", "pass at least one Sample")
+    if not (hasattr(patch, "bind") and hasattr(patch, "patches")):
+        hint = "build one with vec.patch(alpha) (a SteeringVector is not a patch)"
+        raise ArgumentError(f"patch must be a Patch or PatchSet, got {type(patch).__name__}", hint)
     patch.check(vlm.hidden_size, vlm.n_layers)
     n = patch.batch_size
     if n is not None and n != len(samples):
@@ -186,6 +190,9 @@ def steer(
     ``remote=True`` runs each batch on NDIF (see docs/remote.md).
     """
     opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
+    from nnshift.arguments import check_samples
+
+    samples = check_samples(samples, "steer()")
     n = _check_steer_inputs(vlm, samples, patch)
     answers: list[str] = []
     for start, batch in batched(samples, opts, "steer"):

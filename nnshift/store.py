@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,18 +12,28 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from nnshift.artifacts import atomic_write_bytes, write_artifact
-from nnshift.errors import ArtifactError, EmptyInputError, NonFiniteError, PairingError
+from nnshift.errors import (
+    ArgumentError,
+    ArtifactError,
+    EmptyInputError,
+    NonFiniteError,
+    PairingError,
+    ProvenanceError,
+)
 from nnshift.shards import ActivationStore, repair_store, verify_store
 
 __all__ = [
     "ActivationStore",
     "Activations",
     "as_matrix",
+    "PAIR_FIELDS",
     "atomic_write_bytes",
+    "check_same_provenance",
     "load_activations",
     "pair",
     "repair_store",
     "row_id",
+    "same_model",
     "sample_id_of",
     "verify_store",
 ]
@@ -181,7 +191,9 @@ def as_matrix(acts: Activations | Tensor, name: str = "activations") -> Float[Te
     t = acts.tensor if isinstance(acts, Activations) else acts
     if not isinstance(t, Tensor) or t.ndim != 2:
         shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"{name} must be an [M, D] tensor or Activations, got {shape}")
+        raise ArgumentError(
+            f"{name} must be an [M, D] tensor or Activations, got {shape}", "pass ns.capture's result or a 2-D tensor"
+        )
     if t.shape[0] == 0:
         raise EmptyInputError(f"{name} is empty (0 samples)", "check that the capture kept at least one sample")
     if not torch.isfinite(t).all():
@@ -193,8 +205,100 @@ def as_matrix(acts: Activations | Tensor, name: str = "activations") -> Float[Te
     return t
 
 
-def pair(acts_a: Activations, acts_b: Activations) -> tuple[Activations, Activations]:
-    """Keep the samples present in both activation sets, in the order of ``acts_a``."""
+#: provenance fields that must agree between two activation sets compared or combined row by row
+PAIR_FIELDS: tuple[str, ...] = ("layer", "selector", "reduce", "hidden_size")
+_FIELD_NAMES = {
+    "layer": "layers",
+    "selector": "position selectors",
+    "reduce": "reductions",
+    "hidden_size": "hidden sizes",
+}
+
+
+def _info_of(x: Any) -> Mapping[str, Any]:
+    """The provenance of ``x``: `Activations.info`, a mapping as is, nothing for a plain tensor."""
+    if isinstance(x, Activations):
+        return x.info if isinstance(x.info, Mapping) else {}
+    return x if isinstance(x, Mapping) else {}
+
+
+def _canon(value: Any) -> str:
+    """A comparable form of a provenance value (tuples and lists, key order and JSON round trips agree)."""
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+_MISSING = object()
+
+
+def _differs(field_name: str, va: Any, vb: Any) -> bool:
+    """Whether two known provenance values disagree (a negative layer is relative: not comparable to a positive).
+
+    A field missing on one side is unknown; so is None, except for ``reduce`` (None: one row per position).
+    """
+    if va is _MISSING or vb is _MISSING or (field_name != "reduce" and (va is None or vb is None)):
+        return False
+    if field_name == "layer" and isinstance(va, int) and isinstance(vb, int) and (va < 0) != (vb < 0):
+        return False
+    return _canon(va) != _canon(vb)
+
+
+def same_model(info_a: Mapping[str, Any], info_b: Mapping[str, Any]) -> bool:
+    """Both captures come from one model: same weights fingerprint and same adapter (LoRA weights) fingerprint."""
+    wa, wb = info_a.get("weights"), info_b.get("weights")
+    if wa is None or wb is None or "lora_weights" not in info_a or "lora_weights" not in info_b:
+        return False
+    return wa == wb and info_a.get("lora_weights") == info_b.get("lora_weights")
+
+
+def check_same_provenance(
+    a: Any,
+    b: Any,
+    what: tuple[str, str] = ("acts_a", "acts_b"),
+    *,
+    fields: Sequence[str] = PAIR_FIELDS,
+    same_model_ok: bool = True,
+) -> None:
+    """Refuse two activation sets whose provenance differs in ``fields``, or one model twice unless ``same_model_ok``.
+
+    ``a`` / ``b``: `Activations`, provenance mappings, or plain tensors (no provenance: nothing is checked).
+    A field missing on either side is not compared. Raises `ProvenanceError` naming both values.
+    """
+    from nnshift.arguments import check_flag
+
+    check_flag(same_model_ok, "same_model_ok")
+    info_a, info_b = _info_of(a), _info_of(b)
+    for name in fields:
+        va, vb = info_a.get(name, _MISSING), info_b.get(name, _MISSING)
+        if _differs(name, va, vb):
+            raise ProvenanceError(
+                f"{what[0]} and {what[1]} come from different {_FIELD_NAMES.get(name, name)}: "
+                f"{what[0]} has {name}={_canon(va)}, {what[1]} has {name}={_canon(vb)}",
+                f"capture both sets with the same {name} (ns.capture(..., layer=..., at=...) with one setting)",
+            )
+    if not same_model_ok and same_model(info_a, info_b):
+        raise ProvenanceError(
+            f"{what[0]} and {what[1]} come from the same model (weights {str(info_a.get('weights'))[:12]}, "
+            f"adapter {info_a.get('lora') or 'none'}): comparing a model with itself shows no shift",
+            "capture acts_b with the fine-tuned model (e.g. ns.load(path, lora=ADAPTER)); "
+            "pass same_model_ok=True if you compare a model with itself on purpose",
+        )
+
+
+def pair(acts_a: Activations, acts_b: Activations, *, same_model_ok: bool = False) -> tuple[Activations, Activations]:
+    """Keep the samples present in both activation sets, in the order of ``acts_a``.
+
+    Both sets must come from one layer and position selector (`check_same_provenance`) and, unless
+    ``same_model_ok=True``, from two different models (weights or adapter).
+    """
+    for name, x in (("acts_a", acts_a), ("acts_b", acts_b)):
+        if not isinstance(x, Activations):
+            raise ArgumentError(
+                f"ns.pair needs Activations, got {type(x).__name__} for {name}",
+                "pass what ns.capture returned (plain tensors have no sample ids to pair)",
+            )
+    check_same_provenance(acts_a, acts_b, same_model_ok=same_model_ok)
     pos_b = {i: n for n, i in enumerate(acts_b.ids)}
     common = [(n, pos_b[i]) for n, i in enumerate(acts_a.ids) if i in pos_b]
     if not common:

@@ -264,7 +264,7 @@ def test_pair_and_select_on_multi_position_capture(vlm, samples):
     a = capture(vlm, samples[:3], layer=0, at="text", progress=False, batch_size=3)
     b = capture(vlm, samples[1:4], layer=0, at="text", progress=False, batch_size=3)
     assert "#" in a.ids[0] and a.samples is not None
-    pa, pb = ns.pair(a, b)
+    pa, pb = ns.pair(a, b, same_model_ok=True)  # one model on two sample sets: pairing only
     assert pa.ids == pb.ids and {i.split("#")[0] for i in pa.ids} == {"s1", "s2"}
     assert [s.id for s in pa.samples] == [i.rsplit("#", 1)[0] for i in pa.ids]
     assert torch.equal(pa.tensor[0], a.tensor[a.ids.index(pa.ids[0])])

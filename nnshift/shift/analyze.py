@@ -18,7 +18,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from nnshift.errors import ConceptError
+from nnshift.arguments import check_int
+from nnshift.errors import ArgumentError, ConceptError
 from nnshift.metrics import (
     ConceptDictionaryLike,
     assign,
@@ -129,10 +130,16 @@ def shifted_dictionary(dico_a: ConceptDictionaryLike, shifted: Float[Tensor, "k 
 
 
 def _inputs(
-    acts_a: ActsA, acts_b: ActsB, dico_a: ConceptDictionaryLike, dico_b: ConceptDictionaryLike, alpha: Any, n_mas: int
+    acts_a: ActsA,
+    acts_b: ActsB,
+    dico_a: ConceptDictionaryLike,
+    dico_b: ConceptDictionaryLike,
+    alpha: Any,
+    n_mas: int,
+    same_model_ok: bool = False,
 ) -> _Inputs:
     """Stage 1: every input checked before any work."""
-    a, b, ids = pair_matrices(acts_a, acts_b)
+    a, b, ids = pair_matrices(acts_a, acts_b, same_model_ok=same_model_ok)
     u_a = concept_matrix(dico_a, "dico_a", a.device, a.dtype)
     u_b = concept_matrix(dico_b, "dico_b", a.device, a.dtype)
     check_dictionaries(u_a, u_b, a.shape[1])
@@ -248,6 +255,21 @@ def _info(acts: tuple[ActsA, ActsB], dicos: tuple[Any, Any], n_mas: int, top_wor
     }
 
 
+def _check_options(thresholds: Any, ground: Any, top_words: Any, dicos: tuple[Any, Any]) -> None:
+    """``thresholds``, ``ground``, ``top_words`` and the dictionaries of the right kinds (before any work)."""
+    for name, dico in zip(("dico_a", "dico_b"), dicos, strict=True):
+        if not callable(getattr(dico, "scores", None)) and not callable(getattr(dico, "transform", None)):
+            raise ConceptError(
+                f"{name} must be a concept dictionary (with .transform), got {type(dico).__name__}",
+                "fit one with ns.concepts.fit(acts, k=...), or wrap vectors in ConceptDictionary.from_concepts(u)",
+            )
+    if thresholds is not None and not isinstance(thresholds, DynamicsThresholds):
+        raise ArgumentError(f"thresholds must be DynamicsThresholds, got {thresholds!r}", "omit it or build one")
+    if ground is not None and not callable(ground):
+        raise ArgumentError(f"ground must be a callable, got {ground!r}", "pass e.g. ground=ns.concepts.ground_text")
+    check_int(top_words, "top_words", 1)
+
+
 def analyze(
     acts_a: ActsA,
     acts_b: ActsB,
@@ -260,13 +282,17 @@ def analyze(
     top_words: int = 15,
     n_mas: int = 5,
     thresholds: DynamicsThresholds | None = None,
+    same_model_ok: bool = False,
 ) -> ShiftReport:
     """The shift analysis of an original (a) and a fine-tuned (b) model on paired samples; see docs/shift.md.
 
     ``vlm`` (or a ``ground`` callable mapping ``[K, D]`` concepts to word lists) enables the text-grounding
     comparisons (T-Overlap); ``n_mas`` is the number of most-activating samples per concept.
+    Activations of different layers or selectors, and two captures of one model (unless
+    ``same_model_ok=True``), raise `nnshift.errors.ProvenanceError`.
     """
-    x = _inputs(acts_a, acts_b, dico_a, dico_b, alpha, n_mas)
+    _check_options(thresholds, ground, top_words, (dico_a, dico_b))
+    x = _inputs(acts_a, acts_b, dico_a, dico_b, alpha, n_mas, same_model_ok)
     th = thresholds or DynamicsThresholds()
     if ground is None and vlm is not None:
         ground = vlm_grounder(vlm, top_words)

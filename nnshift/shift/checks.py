@@ -12,9 +12,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from nnshift.errors import ConceptError, HiddenSizeMismatchError, NonFiniteError, PairingError
+from nnshift.errors import ArgumentError, ConceptError, HiddenSizeMismatchError, NonFiniteError, PairingError
 from nnshift.metrics import matrix, work_dtype
-from nnshift.store import Activations
+from nnshift.store import Activations, check_same_provenance
 
 __all__ = [
     "ActsA",
@@ -51,8 +51,15 @@ def _check_ids(acts_a: ActsA, acts_b: ActsB, m: int) -> list[str]:
     return list(ids_a if ids_a is not None else ids_b if ids_b is not None else map(str, range(m)))
 
 
-def pair_matrices(acts_a: ActsA, acts_b: ActsB) -> tuple[Float[Tensor, "m d"], Float[Tensor, "m d"], list[str]]:
-    """Check that ``acts_a`` and ``acts_b`` are paired, finite, of one hidden size; return them on a's device."""
+def pair_matrices(
+    acts_a: ActsA, acts_b: ActsB, *, same_model_ok: bool = True
+) -> tuple[Float[Tensor, "m d"], Float[Tensor, "m d"], list[str]]:
+    """Check that ``acts_a`` and ``acts_b`` are paired, finite, of one hidden size; return them on a's device.
+
+    Their provenance must agree (one layer and selector, `nnshift.store.check_same_provenance`); with
+    ``same_model_ok=False`` two captures of one model (same weights and adapter) are refused as well.
+    """
+    check_same_provenance(acts_a, acts_b, same_model_ok=same_model_ok)
     a = matrix(acts_a, "acts_a (original model)", promote=False)
     b = matrix(acts_b, "acts_b (fine-tuned model)", promote=False)
     if a.shape[0] != b.shape[0]:
@@ -105,6 +112,8 @@ def check_assignment(assignment: Tensor, m: int, k: int) -> Int[Tensor, " m"]:
 
 def check_alpha(alpha: float | int) -> float:
     """A finite shift scale α, as a float."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ArgumentError(f"alpha must be a number, got {alpha!r}", "pass a finite scale, e.g. alpha=1.0")
     if not math.isfinite(alpha):
         raise NonFiniteError(f"alpha = {alpha} is not finite", "pass a finite scale, e.g. alpha=1.0")
     return float(alpha)

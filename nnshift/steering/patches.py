@@ -42,6 +42,7 @@ from torch import Tensor
 
 from nnshift.errors import DataFormatError, EmptyInputError, NonFiniteError, SteeringError
 from nnshift.positions import Image, Selector, SelectorLike, as_selector
+from nnshift.steering.checks import check_edit_finite
 from nnshift.steering.deltas import (
     LayerEdit,
     Scale,
@@ -179,6 +180,7 @@ class _Steerable:
             if attn is None:
                 attn = torch.ones_like(ids)
             img = vlm.image_token_mask(ids)
+        check_edit_finite(self, vlm.dtype)
         edits, batch = resolve_edits(self.patches, vlm.n_layers, vlm.hidden_size, attn, img, vlm.device, vlm.dtype)
         return BoundPatch(edits, batch)
 

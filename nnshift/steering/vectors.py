@@ -23,8 +23,10 @@ from torch import Tensor
 
 from nnshift._version import versions
 from nnshift.answers import answer_type, normalize_answer
+from nnshift.arguments import as_list, check_int, check_mapping, check_str, check_strings
 from nnshift.artifacts import write_artifact
 from nnshift.errors import (
+    ArgumentError,
     ArtifactError,
     EmptyInputError,
     HiddenSizeMismatchError,
@@ -34,7 +36,7 @@ from nnshift.errors import (
 )
 from nnshift.metrics import concept_matrix
 from nnshift.saved import check_finite, load_saved, typed_field
-from nnshift.store import Activations, as_matrix
+from nnshift.store import Activations, as_matrix, check_same_provenance
 
 if TYPE_CHECKING:
     from nnshift.positions import SelectorLike
@@ -124,10 +126,19 @@ class SteeringVector:
         layer: int | None = None,
         rows: Tensor | Sequence[bool] | Sequence[float] | None = None,
     ) -> Patch:
-        """A `Patch` adding ``alpha * s`` at ``positions`` (default ``"all"``, like the reference) of ``layer``."""
+        """A `Patch` adding ``alpha * s`` at ``positions`` (default ``"all"``, like the reference) of ``layer``.
+
+        ``alpha`` must be finite and ``alpha * s`` finite in float32 (`nnshift.errors.NonFiniteError`);
+        `nnshift.steer` / `Patch.bind` check it again in the model's dtype.
+        """
+        from nnshift.steering.checks import check_alpha, check_edit_finite
         from nnshift.steering.patches import Patch
 
-        return Patch(self, alpha=alpha, positions=positions, layer=layer, rows=rows)
+        check_alpha(alpha)
+        check_int(layer, "layer", optional=True)
+        patch = Patch(self, alpha=alpha, positions=positions, layer=layer, rows=rows)
+        check_edit_finite(patch)
+        return patch
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON side of the vector (everything but the tensor)."""
@@ -189,25 +200,43 @@ def _versions() -> dict[str, str]:
 
 def _describe(x: Activations | Tensor) -> dict[str, Any]:
     if isinstance(x, Activations):
-        return {"n": len(x), "ids": list(x.ids), "model": x.info.get("model"), "layer": x.info.get("layer")}
+        keys = ("model", "layer", "selector", "weights", "lora")
+        return {
+            "n": len(x),
+            "ids": list(x.ids),
+            **{k: x.info.get(k) for k in keys if k in x.info or k in ("model", "layer")},
+        }
     return {"n": int(x.shape[0])}
 
 
-def _layer_of(*sets: Activations | Tensor, layer: int | None) -> int | None:
-    if layer is not None:
-        return int(layer)
-    layers = {x.info.get("layer") for x in sets if isinstance(x, Activations) and x.info.get("layer") is not None}
-    if len(layers) > 1:
-        raise SteeringError(
-            f"the source and target activations come from different layers {sorted(layers)}",
-            "capture both sets at the same layer, or pass layer= explicitly",
-        )
-    return int(next(iter(layers))) if layers else None
+def _check_layer(layer: Any, data_layer: Any, what: str) -> int | None:
+    """``layer=`` as an int (None: the data's layer); `ProvenanceError` if it contradicts the data's layer."""
+    if layer is None:
+        return None if data_layer is None else int(data_layer)
+    check_int(layer, "layer")
+    check_same_provenance({"layer": layer}, {"layer": data_layer}, ("layer=", what), fields=("layer",))
+    return layer
+
+
+def _layer_of(*sets: Activations | Tensor, layer: Any) -> int | None:
+    """The layer of the source and target sets, which must agree (and agree with ``layer=`` if given)."""
+    if len(sets) == 2:
+        check_same_provenance(sets[0], sets[1], ("source", "target"), fields=("layer", "hidden_size"))
+    layers = [x.info.get("layer") for x in sets if isinstance(x, Activations) and x.info.get("layer") is not None]
+    return _check_layer(layer, layers[0] if layers else None, "the activations")
 
 
 def _model_of(*sets: Activations | Tensor) -> Any:
     models = [x.info.get("model") for x in sets if isinstance(x, Activations) and x.info.get("model")]
     return models[0] if models else None
+
+
+def _check_acts(acts: Any) -> None:
+    """``acts`` is an `Activations` (answers and samples are needed, a plain tensor has none)."""
+    if not isinstance(acts, Activations):
+        raise ArgumentError(
+            f"acts must be an Activations, got {type(acts).__name__}", "pass what ns.capture returned (with answers)"
+        )
 
 
 def _mean_difference(source: Activations | Tensor, target: Activations | Tensor) -> Float[Tensor, " d"]:
@@ -235,6 +264,10 @@ def coarse(
 
     ``source`` / ``target``: `Activations` or ``[M, D]`` tensors of the same layer (e.g. questions answered
     yes/no -> answered with a number). ``layer`` defaults to the activations' layer.
+
+    Both sets must come from one layer and hidden size (else `nnshift.errors.ProvenanceError`); they may
+    come from two models (base -> fine-tuned) or two position selectors (generated mean -> a colour word's
+    token, the caption-style recipe): both are recorded in ``info["source"]`` / ``info["target"]``.
     """
     vec = _mean_difference(source, target)
     layer_ = _layer_of(source, target, layer=layer)
@@ -309,6 +342,10 @@ def target_answer(
     own answers (``acts.answers``), ``"reference"`` the samples' first reference answer, ``"both"`` needs
     both to agree. ``match="first_word"`` compares only the answers' first word.
     """
+    _check_acts(acts)
+    check_strings(source, "source"), check_strings(target, "target")
+    if match not in ("exact", "first_word"):
+        raise SteeringError(f"unknown match={match!r}", "use match='exact' or match='first_word'")
     key = _first_word if match == "first_word" else normalize_answer
     src, tgt = _as_set(source), _as_set(target)
     if src & tgt:
@@ -341,6 +378,8 @@ def answer_type_vector(
     ``by="answer"`` types the model's own answers with `nnshift.evaluate.answer_type` (yes/no, number, other);
     ``by="reference"`` uses the samples' ``meta["answer_type"]`` (VQAv2's ground-truth type).
     """
+    _check_acts(acts)
+    check_str(source, "source"), check_str(target, "target"), check_mapping(types, "types")
     if by == "answer":
         kinds = [answer_type(a, types) for a in acts.answers]
     elif by == "reference":
@@ -387,17 +426,26 @@ def fine(dico: Any, i: int, j: int, *, layer: int | None = None) -> SteeringVect
     """
     concepts = _concepts_of(dico)
     k = concepts.shape[0]
-    for idx in (i, j):
+    for idx, name in ((i, "i"), (j, "j")):
+        check_int(idx, name)
         if not -k <= int(idx) < k:
             raise SteeringError(f"concept index {idx} is out of range for K={k}", f"use 0..{k - 1}")
     i, j = int(i) % k, int(j) % k
     if i == j:
         raise SteeringError(f"fine({i}, {j}): a concept to itself is the zero vector", "pick two different concepts")
     d_layer, desc = _dico_info(dico)
-    layer_ = int(layer) if layer is not None else d_layer
+    layer_ = _check_layer(layer, d_layer, "the dictionary's activations")
     vec = concepts[j].float() - concepts[i].float()
     info = {"model": desc["model"], "layer": layer_, "concepts": [i, j], "dictionary": desc, "versions": _versions()}
     return SteeringVector(vec, layer_, "fine", info)
+
+
+def _pairs(pairs: Any) -> list[tuple[int, int]]:
+    """``pairs`` checked: an iterable of ``(i, j)`` concept-index pairs."""
+    items = as_list(pairs)
+    if items is None or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in items):
+        raise ArgumentError(f"pairs must be a list of (i, j) index pairs, got {pairs!r}", "pass e.g. pairs=[(0, 1)]")
+    return [(check_int(i, "i"), check_int(j, "j")) for i, j in items]
 
 
 def fine_all(
@@ -405,7 +453,7 @@ def fine_all(
 ) -> dict[tuple[int, int], SteeringVector]:
     """Every fine-grained vector of a dictionary: ``{(i, j): u_j - u_i}`` for all ``i != j`` (or the given pairs)."""
     k = _concepts_of(dico).shape[0]
-    chosen = [(i, j) for i in range(k) for j in range(k) if i != j] if pairs is None else list(pairs)
+    chosen = [(i, j) for i in range(k) for j in range(k) if i != j] if pairs is None else _pairs(pairs)
     return {(int(i), int(j)): fine(dico, i, j, layer=layer) for i, j in chosen}
 
 

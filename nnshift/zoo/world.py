@@ -335,8 +335,12 @@ def dataset(
     the style only changes the reference answer. Ids are ``shapes/{task}/{style}/s{seed}/{i}``; for VQA the
     style slot is the answer-type filter (``all``, ``yesno``, ``number``, ``other``) or the question kind.
     """
-    if n < 0:
-        raise DataFormatError(f"n must be >= 0, got {n}", "ask for a non-negative number of samples")
+    from nnshift.arguments import check_int, check_str
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise DataFormatError(f"n must be an integer >= 0, got {n!r}", "ask for a non-negative number of samples")
+    check_int(seed, "seed", 0), check_str(style, "style"), check_str(task, "task")
+    check_str(answer_type, "answer_type", optional=True), check_str(question_kind, "question_kind", optional=True)
     if task not in TASKS:
         raise DataFormatError(f"unknown task {task!r}", f"use one of {list(TASKS)}")
     if task == "caption" and style not in STYLES:
