@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from nnshift._version import versions
-from nnshift.arguments import check_flag
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
@@ -335,7 +334,6 @@ def capture(
     selector = as_selector(at)
     sizes = {"batch_size": opts.batch_size, "max_new_tokens": opts.max_new_tokens, "shard_size": shard_size}
     samples = _check_args(samples, layer, selector, reduce, dtype, sizes)
-    check_flag(progress, "progress"), check_flag(remote, "remote")
     single = not isinstance(layer, (list, tuple, range))
     layers = sorted({vlm.layer_index(x) for x in _layer_list(layer)})
     if isinstance(selector, Generated) and reduce is None:

@@ -31,8 +31,10 @@ def _module_name(path: Path) -> str:
 
 def _layer_of(module: str, layers: dict[str, int]) -> int | None:
     """The layer of the longest listed prefix of ``module``."""
+    if module == "nnshift":
+        return layers.get("nnshift")
     parts = module.split(".")
-    for n in range(len(parts), 0, -1):
+    for n in range(len(parts), 1, -1):  # the root package's layer is not a default for its modules
         name = ".".join(parts[:n])
         if name in layers:
             return layers[name]
