@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from nnshift.errors import ArgumentError
 
@@ -21,6 +21,10 @@ __all__ = [
 ]
 
 
+@overload
+def check_int(value: Any, name: str, minimum: int | None = None, *, optional: Literal[False] = False) -> int: ...
+@overload
+def check_int(value: Any, name: str, minimum: int | None = None, *, optional: bool) -> int | None: ...
 def check_int(value: Any, name: str, minimum: int | None = None, *, optional: bool = False) -> int | None:
     """``value`` as an int (no bool, float or str), at least ``minimum``; None allowed when ``optional``."""
     if value is None and optional:
@@ -83,6 +87,10 @@ def check_mapping(value: Any, name: str) -> Mapping[str, str] | None:
     return value
 
 
+@overload
+def check_path(value: Any, name: str, *, optional: Literal[False] = False) -> Path: ...
+@overload
+def check_path(value: Any, name: str, *, optional: bool) -> Path | None: ...
 def check_path(value: Any, name: str, *, optional: bool = False) -> Path | None:
     """A non-empty str or `pathlib.Path`, as a Path (None allowed when ``optional``)."""
     if value is None and optional:
