@@ -14,6 +14,7 @@ from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
+from nnshift.models.protocol import VLMLike
 from nnshift.options import Remote, RunOptions, batched, run_options
 from nnshift.positions import Generated, Selector, SelectorLike, TokenOfInterest, as_selector, find_word_token
 from nnshift.store import Activations, ActivationStore, prompt_rows, row_id, sample_id_of
@@ -360,7 +361,7 @@ def capture(
 
 
 def _capture_run(
-    vlm: Any,
+    vlm: VLMLike,
     samples: list[Sample],
     selector: Selector,
     layers: list[int],

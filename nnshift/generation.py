@@ -13,6 +13,7 @@ from torch import Tensor
 
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, PositionError
+from nnshift.models.protocol import VLMLike
 from nnshift.options import Remote, RunOptions, batched, run_options
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def _run(
 
 
 def generate(
-    vlm: Any,
+    vlm: VLMLike,
     samples: Sequence[Sample],
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
@@ -173,7 +174,7 @@ def _check_steer_inputs(vlm: Any, samples: Sequence[Sample], patch: Patch | Patc
 
 
 def steer(
-    vlm: Any,
+    vlm: VLMLike,
     samples: Sequence[Sample],
     patch: Patch | PatchSet,
     max_new_tokens: int | None = None,

@@ -22,6 +22,7 @@ from torch import Tensor
 from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, PositionError
+from nnshift.models.protocol import VLMLike
 from nnshift.positions import Selector, SelectorLike, as_selector
 from nnshift.store import Activations, prompt_rows
 
@@ -38,7 +39,7 @@ def _forward_selector(at: SelectorLike) -> Selector:
     return selector
 
 
-def selection_mask(vlm: Any, at: SelectorLike, inputs: Mapping[str, Tensor]) -> Bool[Tensor, "b s"]:
+def selection_mask(vlm: VLMLike, at: SelectorLike, inputs: Mapping[str, Tensor]) -> Bool[Tensor, "b s"]:
     """The [batch, seq] mask of the prompt positions ``at`` selects in ``inputs`` (as `ns.capture` selects them)."""
     if "input_ids" not in inputs:
         raise EmptyInputError("inputs has no 'input_ids'", "pass what vlm.prepare(samples) returned")
@@ -47,7 +48,7 @@ def selection_mask(vlm: Any, at: SelectorLike, inputs: Mapping[str, Tensor]) -> 
     return _forward_selector(at).prefill_mask(attn.cpu(), vlm.image_token_mask(ids).cpu())
 
 
-def read(vlm: Any, layer: int, at: SelectorLike = "last_prompt", *, inputs: Mapping[str, Tensor]) -> Any:
+def read(vlm: VLMLike, layer: int, at: SelectorLike = "last_prompt", *, inputs: Mapping[str, Tensor]) -> Any:
     """Inside ``vlm.model.trace(inputs)``: the saved residual states after block ``layer`` at the selected positions.
 
     After the trace the result is a ``[rows, hidden]`` tensor, rows in batch order then position order.
@@ -60,7 +61,7 @@ def read_activations(
     tensor: Float[Tensor, "n d"],
     samples: Sequence[Sample],
     *,
-    vlm: Any,
+    vlm: VLMLike,
     layer: int,
     at: SelectorLike = "last_prompt",
     inputs: Mapping[str, Tensor],
@@ -117,7 +118,7 @@ def cache_activations(
     cache: Any,
     samples: Sequence[Sample],
     *,
-    vlm: Any,
+    vlm: VLMLike,
     layer: int,
     at: SelectorLike = "last_prompt",
     inputs: Mapping[str, Tensor],

@@ -41,6 +41,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from nnshift.errors import DataFormatError, EmptyInputError, NonFiniteError, SteeringError
+from nnshift.models.protocol import VLMLike
 from nnshift.positions import Image, Selector, SelectorLike, as_selector
 from nnshift.steering.checks import check_edit_finite
 from nnshift.steering.deltas import (
@@ -115,7 +116,7 @@ class BoundPatch:
         if self.edits_decode and (steps is None or steps > 1):
             on_every_step(lambda s: self.apply(vlm, s), start=1, stop=steps)
 
-    def __call__(self, vlm: Any, step: int | None = None, inputs: Any = None, *, steps: int | None = None) -> None:
+    def __call__(self, vlm: VLMLike, step: int | None = None, inputs: Any = None, *, steps: int | None = None) -> None:
         """With a step, `apply` (the signature of a `nnshift.generation.Edit`; ``inputs`` is ignored: already
         bound); without one, `apply_every_step`."""
         if step is not None:
@@ -166,7 +167,7 @@ class _Steerable:
         """Validate sizes, layers and values against a model's hidden size and layer count; the layers (0-based)."""
         return check_patches(self.patches, hidden_size, n_layers)
 
-    def bind(self, vlm: Any, inputs: dict[str, Tensor] | None = None) -> BoundPatch:
+    def bind(self, vlm: VLMLike, inputs: dict[str, Tensor] | None = None) -> BoundPatch:
         """Validate against ``vlm`` and precompute the per-layer deltas for the batch ``inputs`` (before a trace).
 
         ``inputs`` (the dict given to the trace, e.g. ``vlm.prepare(samples)``) fixes the prompt positions:
@@ -193,7 +194,7 @@ class _Steerable:
         self._cache = (vlm, ids, bound)
         return bound
 
-    def apply(self, vlm: Any, step: int | None = None, inputs: dict[str, Tensor] | None = None) -> None:
+    def apply(self, vlm: VLMLike, step: int | None = None, inputs: dict[str, Tensor] | None = None) -> None:
         """Inside a trace: edit one step (0 or None = the prompt pass; t > 0 = decode step t)."""
         if inputs is None:
             inputs = trace_inputs(current_worker())

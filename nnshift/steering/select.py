@@ -24,6 +24,7 @@ from torch import Tensor
 from nnshift.answers import normalize_answer
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, SteeringError, TokenOfInterestError
+from nnshift.models.protocol import VLMLike
 from nnshift.options import Remote, RunOptions, run_options
 from nnshift.positions import SelectorLike
 from nnshift.steering.patches import Patch, PatchSet
@@ -138,7 +139,7 @@ class ImpactScore:
 
 
 def by_impact(
-    vlm: Any,
+    vlm: VLMLike,
     samples: Sequence[Sample],
     candidates: Mapping[Hashable, SteeringVector | Patch | PatchSet] | Sequence[SteeringVector | Patch | PatchSet],
     *,
