@@ -24,7 +24,7 @@ patch = ns.steering.coarse(source, target).patch(alpha=1.5)
 questions = ns.zoo.dataset(4, task="vqa", answer_type="yes/no", seed=3)
 before = ns.generate(base, questions, max_new_tokens=4)
 after = ns.steer(base, questions, patch, max_new_tokens=4)
-for q, b, a in zip(questions, before, after):
+for q, b, a in zip(questions, before, after, strict=True):
     print(f"{q.prompt!r}: {b!r} -> {a!r}")
 
 # a patch also works inside your own nnsight generation
