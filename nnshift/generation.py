@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from nnshift.arguments import check_samples
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, PositionError
 from nnshift.models.protocol import VLMLike
@@ -140,8 +141,6 @@ def generate(
     all at once and explicit keywords win over it. ``remote=True`` runs each batch on NDIF.
     """
     opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
-    from nnshift.arguments import check_samples
-
     samples = check_samples(samples, "generate()")
     if edit is not None and not callable(edit):
         raise ArgumentError(f"edit must be a Patch or a callable, got {edit!r:.60}", "pass edit=vec.patch(alpha)")
@@ -191,8 +190,6 @@ def steer(
     ``remote=True`` runs each batch on NDIF (see docs/remote.md).
     """
     opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
-    from nnshift.arguments import check_samples
-
     samples = check_samples(samples, "steer()")
     n = _check_steer_inputs(vlm, samples, patch)
     answers: list[str] = []

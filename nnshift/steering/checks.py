@@ -10,7 +10,7 @@ from torch import Tensor
 
 from nnshift.errors import ArgumentError, NonFiniteError
 
-__all__ = ["check_alpha", "check_edit_finite", "check_steer_args"]
+__all__ = ["check_alpha", "check_edit_finite"]
 
 
 def check_alpha(alpha: Any) -> None:
@@ -62,17 +62,3 @@ def check_edit_finite(patch: Any, dtype: torch.dtype = torch.float32) -> None:
                 f"({limit:.3g}): the model's states would become Inf",
                 "use a smaller alpha (steering usually needs |alpha| * |s| of the order of the states' norm)",
             )
-
-
-def check_steer_args(samples: Any, patch: Any, max_new_tokens: Any, batch_size: Any, progress: Any) -> list[Any]:
-    """`nnshift.steer`'s arguments before any work: samples (as a list), a Patch or PatchSet, sizes >= 1."""
-    from nnshift.arguments import check_flag, check_int, check_samples
-    from nnshift.steering.patches import Patch, PatchSet
-
-    samples = check_samples(samples, "steer()")
-    if not isinstance(patch, (Patch, PatchSet)):
-        hint = "build one with vec.patch(alpha) (a SteeringVector is not a patch)"
-        raise ArgumentError(f"patch must be a Patch or PatchSet, got {type(patch).__name__}", hint)
-    check_int(max_new_tokens, "max_new_tokens", 1), check_int(batch_size, "batch_size", 1)
-    check_flag(progress, "progress")
-    return samples
