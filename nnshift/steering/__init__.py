@@ -14,6 +14,9 @@ from nnshift.steering.select import (
     rank_impact,
     word_direction,
 )
+from nnshift.steering.sweep_report import SweepReport, SweepRow
+from nnshift.steering.sweeps import sweep
+from nnshift.steering.targets import AnswerTypeTarget, CaptionStyle, TargetAnswer
 from nnshift.steering.vectors import (
     SteeringVector,
     answer_type_vector,
@@ -49,4 +52,11 @@ __all__ = [
     "steer",
     "target_answer",
     "word_direction",
+    # sweeps and calibration
+    "AnswerTypeTarget",
+    "CaptionStyle",
+    "SweepReport",
+    "SweepRow",
+    "TargetAnswer",
+    "sweep",
 ]

@@ -1,0 +1,97 @@
+"""Fluency of (steered) answers: their negative log-likelihood under the unsteered model, teacher forced.
+
+For one sample and answer token ids ``a_1..a_T``, ``nll = -(1/T) sum_t log p(a_t | prompt, a_<t)`` in nats per
+token, from one forward of ``prompt + answer`` through the model as it is (no patch). Batches are left padded
+(prompts, as `VLM.prepare` gives them) and right padded (answers); position ids count each row from its first
+real token, as generation does, so a batch gives what one unpadded forward per sample gives. An empty answer
+has no likelihood: NaN (left out of means).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from nnshift.data import Sample
+from nnshift.errors import ArgumentError
+from nnshift.options import RunOptions, batched
+
+__all__ = ["answer_ids", "answer_nll", "mean_finite"]
+
+
+def mean_finite(values: Sequence[float]) -> float:
+    """The mean of the finite values (NaN when there is none)."""
+    ok = [v for v in values if math.isfinite(v)]
+    return sum(ok) / len(ok) if ok else float("nan")
+
+
+def answer_ids(vlm: Any, answers: Sequence[str]) -> list[list[int]]:
+    """Token ids of answers as text (for answers written by another model), without special tokens."""
+    return [list(vlm.tokenizer.encode(a, add_special_tokens=False)) if a else [] for a in answers]
+
+
+def _batch_nll(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[int]]) -> list[float]:
+    """Mean NLL per row of one batch (NaN for empty answers)."""
+    t = max((len(x) for x in ids), default=0)
+    if t == 0:
+        return [float("nan")] * len(batch)
+    inputs = vlm.prepare(batch)
+    prompt: Int[Tensor, "b s"] = inputs["input_ids"]
+    attn = inputs.get("attention_mask", torch.ones_like(prompt))
+    b, s = prompt.shape
+    ans = torch.full((b, t), int(vlm.pad_token_id), dtype=prompt.dtype, device=prompt.device)
+    mask = torch.zeros((b, t), dtype=attn.dtype, device=attn.device)
+    for r, row in enumerate(ids):
+        if row:
+            ans[r, : len(row)] = torch.tensor(list(row), dtype=prompt.dtype)
+            mask[r, : len(row)] = 1
+    full_attn = torch.cat([attn, mask], dim=1)
+    feed = dict(inputs)
+    feed["input_ids"] = torch.cat([prompt, ans], dim=1)
+    feed["attention_mask"] = full_attn
+    feed["position_ids"] = (full_attn.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits: Float[Tensor, "b l v"] = vlm.hf(**feed).logits
+    lp = torch.log_softmax(logits[:, s - 1 : s + t - 1].float(), dim=-1)
+    tok = lp.gather(-1, ans.unsqueeze(-1)).squeeze(-1) * mask.float()
+    n = mask.float().sum(1)
+    out = (-tok.sum(1) / n.clamp(min=1)).tolist()
+    return [v if k > 0 else float("nan") for v, k in zip(out, n.tolist(), strict=True)]
+
+
+def answer_nll(
+    vlm: Any,
+    samples: Sequence[Sample],
+    ids: Sequence[Sequence[int]],
+    *,
+    options: RunOptions | None = None,
+) -> list[float]:
+    """Per sample, the mean NLL (nats/token) of the answer ids given the sample's prompt under ``vlm`` (no patch).
+
+    ``ids[i]`` are the answer's token ids (as generated, without the end token). Identical (sample, answer) pairs
+    are computed once. NaN for an empty answer. Runs locally (the model's weights are needed).
+    """
+    if len(samples) != len(ids):
+        raise ArgumentError(f"{len(samples)} samples for {len(ids)} answers", "pass one answer per sample")
+    if getattr(vlm, "is_meta", False):
+        raise ArgumentError(
+            "fluency needs the model's weights here (it is loaded without them, e.g. for NDIF)",
+            "pass fluency=False, or load the model locally",
+        )
+    opts = options if options is not None else RunOptions(progress=False)
+    keys: dict[tuple[int, tuple[int, ...]], int] = {}
+    todo: list[tuple[Sample, list[int]]] = []
+    for s, row in zip(samples, ids, strict=True):
+        key = (id(s), tuple(int(x) for x in row))
+        if key not in keys:
+            keys[key] = len(todo)
+            todo.append((s, list(key[1])))
+    values: list[float] = []
+    for _, part in batched(todo, opts, "fluency"):
+        values += _batch_nll(vlm, [p[0] for p in part], [p[1] for p in part])
+    return [values[keys[(id(s), tuple(int(x) for x in row))]] for s, row in zip(samples, ids, strict=True)]
