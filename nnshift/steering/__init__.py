@@ -1,6 +1,7 @@
 """Steering: vectors (coarse, target-answer, fine-grained), trace-time patches, and how to choose vectors."""
 
 from nnshift.generation import steer
+from nnshift.steering.calibration import Calibration, calibrate
 from nnshift.steering.deltas import LayerEdit, resolve_edits
 from nnshift.steering.patches import BoundPatch, Patch, PatchSet
 from nnshift.steering.select import (
@@ -54,9 +55,11 @@ __all__ = [
     "word_direction",
     # sweeps and calibration
     "AnswerTypeTarget",
+    "Calibration",
     "CaptionStyle",
     "SweepReport",
     "SweepRow",
     "TargetAnswer",
+    "calibrate",
     "sweep",
 ]

@@ -179,7 +179,8 @@ def check_sweep_args(
 ) -> SweepPlan:
     """Every argument of `sweep` checked (types, ranges, consistency of target and samples); the plan."""
     main = check_samples(samples, "sweep()", unique=True)
-    kept = [] if keep is None else check_samples(keep, "sweep(keep=...)", unique=True)
+    no_keep = keep is None or (isinstance(keep, (list, tuple)) and not keep)
+    kept = [] if no_keep else check_samples(keep, "sweep(keep=...)", unique=True)
     clash = {s.id for s in main} & {s.id for s in kept}
     if clash:
         raise ArgumentError(
