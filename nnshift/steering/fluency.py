@@ -21,7 +21,7 @@ from nnshift.data import Sample
 from nnshift.errors import ArgumentError
 from nnshift.options import RunOptions, batched
 
-__all__ = ["answer_ids", "answer_nll", "mean_finite"]
+__all__ = ["answer_ids", "answer_nll", "mean_finite", "prepare_rows"]
 
 
 def mean_finite(values: Sequence[float]) -> float:
@@ -35,12 +35,38 @@ def answer_ids(vlm: Any, answers: Sequence[str]) -> list[list[int]]:
     return [list(vlm.tokenizer.encode(a, add_special_tokens=False)) if a else [] for a in answers]
 
 
+def prepare_rows(vlm: Any, rows: Sequence[Sample]) -> dict[str, Tensor]:
+    """``vlm.prepare(rows)``, processing each distinct sample object once (rows may repeat samples).
+
+    The distinct samples are prepared together (so padding is what ``prepare(rows)`` gives) and their rows
+    repeated. Only when every tensor is batch-first (one row per sample, no flattened ``[patches, dim]`` image
+    tensor as Qwen2-VL's) is this shortcut taken; otherwise ``prepare(rows)``.
+    """
+    index: dict[int, int] = {}
+    unique: list[Sample] = []
+    for s in rows:
+        if id(s) not in index:
+            index[id(s)] = len(unique)
+            unique.append(s)
+    if len(unique) == len(rows):
+        return vlm.prepare(rows)
+    inputs = vlm.prepare(unique)
+    ok = all(
+        isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == len(unique) and not (v.is_floating_point() and v.ndim == 2)
+        for v in inputs.values()
+    )
+    if not ok:
+        return vlm.prepare(rows)
+    pick = torch.tensor([index[id(s)] for s in rows])
+    return {k: v.index_select(0, pick.to(v.device)) for k, v in inputs.items()}
+
+
 def _batch_nll(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[int]]) -> list[float]:
     """Mean NLL per row of one batch (NaN for empty answers)."""
     t = max((len(x) for x in ids), default=0)
     if t == 0:
         return [float("nan")] * len(batch)
-    inputs = vlm.prepare(batch)
+    inputs = prepare_rows(vlm, batch)
     prompt: Int[Tensor, "b s"] = inputs["input_ids"]
     attn = inputs.get("attention_mask", torch.ones_like(prompt))
     b, s = prompt.shape
@@ -91,7 +117,13 @@ def answer_nll(
         if key not in keys:
             keys[key] = len(todo)
             todo.append((s, list(key[1])))
-    values: list[float] = []
-    for _, part in batched(todo, opts, "fluency"):
-        values += _batch_nll(vlm, [p[0] for p in part], [p[1] for p in part])
+    first: dict[int, int] = {}
+    for s, _ in todo:
+        first.setdefault(id(s), len(first))
+    order = sorted(range(len(todo)), key=lambda j: first[id(todo[j][0])])  # a sample's answers side by side
+    values = [math.nan] * len(todo)
+    for _, part in batched(order, opts, "fluency"):
+        got = _batch_nll(vlm, [todo[j][0] for j in part], [todo[j][1] for j in part])
+        for j, v in zip(part, got, strict=True):
+            values[j] = v
     return [values[keys[(id(s), tuple(int(x) for x in row))]] for s, row in zip(samples, ids, strict=True)]

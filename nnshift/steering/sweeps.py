@@ -37,7 +37,7 @@ from nnshift.generation import run_generation
 from nnshift.models.protocol import VLMLike
 from nnshift.options import Remote, RunOptions, batched, run_options
 from nnshift.positions import SelectorLike
-from nnshift.steering.fluency import answer_ids, answer_nll, mean_finite
+from nnshift.steering.fluency import answer_ids, answer_nll, mean_finite, prepare_rows
 from nnshift.steering.patches import Patch, PatchSet
 from nnshift.steering.sweep_args import SweepPlan, check_sweep_args
 from nnshift.steering.sweep_eval import evaluate_row
@@ -105,7 +105,7 @@ def _run(
     tokens: list[list[int]] = []
     margins: list[float] = []
     for start, batch in batched(rows, opts, desc):
-        inputs = vlm.prepare(batch)
+        inputs = prepare_rows(vlm, batch)
         edit = None
         if patch is not None:
             edit = patch.select_rows(slice(start, start + len(batch))).bind(vlm, inputs)
@@ -186,11 +186,13 @@ def _same_vocab(a: Any, b: Any) -> bool:
     return a is b or a.tokenizer is b.tokenizer or a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
 
 
-def _nll(vlm: Any, plan: SweepPlan, ans: _Answers, opts: RunOptions) -> list[float]:
+def _nll(vlm: Any, plan: SweepPlan, every: list[_Answers], opts: RunOptions) -> list[list[float]]:
+    """Per row, the fluency of its answers to the samples (one batched pass over every distinct answer)."""
     n = len(plan.samples)
     if not plan.fluency:
-        return [math.nan] * n
-    return answer_nll(vlm, plan.samples, ans.ids[:n], options=opts.replace(progress=False))
+        return [[math.nan] * n for _ in every]
+    flat = answer_nll(vlm, plan.samples * len(every), [x for a in every for x in a.ids[:n]], options=opts)
+    return [flat[k * n : (k + 1) * n] for k in range(len(every))]
 
 
 def sweep(
@@ -239,11 +241,13 @@ def sweep(
     base = answers[0]
     rows: list[SweepRow] = []
     base_row = None
-    for p, ans in [*zip(points, answers, strict=True), *((_Point("model", n), a) for n, a in extra)]:
+    every = [*zip(points, answers, strict=True), *((_Point("model", n), a) for n, a in extra)]
+    nll = _nll(vlm, plan, [a for _, a in every], opts)
+    for (p, ans), sample_nll in zip(every, nll, strict=True):
         row = evaluate_row(
             plan, p.kind, p.name, p.layer, p.alpha, ans.text, ans.ids, ans.margins, base, base_row, threshold
         )
-        row.sample_nll = _nll(vlm, plan, ans, opts)
+        row.sample_nll = sample_nll
         row.nll = mean_finite(row.sample_nll)
         rows.append(row)
         base_row = base_row or row
