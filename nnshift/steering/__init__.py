@@ -3,6 +3,7 @@
 from nnshift.generation import steer
 from nnshift.steering.calibration import Calibration, calibrate
 from nnshift.steering.deltas import LayerEdit, resolve_edits
+from nnshift.steering.diagnostics import vector_diagnostics
 from nnshift.steering.patches import BoundPatch, Patch, PatchSet
 from nnshift.steering.select import (
     ImpactScore,
@@ -62,4 +63,5 @@ __all__ = [
     "TargetAnswer",
     "calibrate",
     "sweep",
+    "vector_diagnostics",
 ]

@@ -119,6 +119,8 @@ class ImpactScore:
     changes: dict[str, int]
     patch: Patch | PatchSet = field(repr=False)
     answers: list[str] = field(default_factory=list, repr=False)
+    #: the vector's pre-run diagnostics (`nnshift.steering.diagnostics`), when its maker recorded them
+    diagnostics: dict[str, Any] | None = None
 
     @property
     def vector(self) -> SteeringVector | None:
@@ -135,6 +137,7 @@ class ImpactScore:
             "secondary": self.secondary,
             "changes": dict(list(self.changes.items())[:top]),
             "patch": self.patch.spec(),
+            "diagnostics": self.diagnostics,
         }
 
 
@@ -187,8 +190,16 @@ def by_impact(
         steered = steer(vlm, samples, p, options=opts)
         changes = answer_changes(baseline, steered)
         score, primary, secondary = cluster_changes(changes, top)
-        scores.append(ImpactScore(key, score, primary, secondary, changes, p, steered))
+        scores.append(ImpactScore(key, score, primary, secondary, changes, p, steered, _diagnostics_of(p)))
     return rank_impact(scores, max_targets=max_targets, keep=keep, distinct=distinct)
+
+
+def _diagnostics_of(patch: Patch | PatchSet) -> dict[str, Any] | None:
+    """The pre-run diagnostics recorded in a single patch's vector (None for a set or a vector without them)."""
+    if not isinstance(patch, Patch):
+        return None
+    diag = patch.vector.info.get("diagnostics")
+    return dict(diag) if isinstance(diag, dict) else None
 
 
 def rank_impact(

@@ -265,7 +265,7 @@ def _from_doc(tensors: dict[str, torch.Tensor], doc: dict[str, Any], where: str)
     )
 
 
-def _fmt(x: float | None, spec: str) -> str:
+def _fmt(x: float | int | None, spec: str) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return format(x, spec)

@@ -280,6 +280,9 @@ def coarse(
     }
     if name is not None:
         info["name"] = name
+    from nnshift.steering.diagnostics import vector_diagnostics
+
+    info["diagnostics"] = vector_diagnostics(source, target, vec)  # consistency and separation, see diagnostics.py
     return SteeringVector(vec, layer_, "coarse", info)
 
 
