@@ -295,3 +295,24 @@ def test_no_source_type_samples(vlm, vec):
     only_other = ns.zoo.dataset(4, task="vqa", answer_type="other", seed=3)
     with pytest.raises(EmptyInputError):
         sweep(vlm, vec, only_other, target=AnswerTypeTarget("yes/no", "number"), **Q)
+
+
+def test_figures(report, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = report.plot_pareto()
+    fig.savefig(tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    heat = report.plot_heatmap("target_rate")
+    im = heat.axes[0].images[0]
+    data = im.get_array()
+    assert data.shape == (2, len(ALPHAS))
+    assert float(data[1, 2]) == pytest.approx(report.row(3, 2.0).target_rate)
+    for metric in ("nll", "away", "accuracy:other", "max_drop"):
+        report.plot_heatmap(metric)
+    with pytest.raises(ArgumentError):
+        report.plot_heatmap("accuracy:yes/no")
+    plt.close("all")

@@ -169,6 +169,18 @@ class SweepReport:
             title += "; vector diagnostics: " + ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in diag.items())
         return f"{title}\n\n" + "\n".join(lines) + "\n"
 
+    def plot_pareto(self, ax: Any = None) -> Any:
+        """Target rate vs the largest untouched accuracy drop for every row, the Pareto front joined (a Figure)."""
+        from nnshift.steering.sweep_plots import plot_pareto
+
+        return plot_pareto(self, ax)
+
+    def plot_heatmap(self, metric: str = "target_rate", ax: Any = None) -> Any:
+        """A heat map of ``metric`` over layer x alpha (`sweep_plots.HEATMAP_METRICS` or ``"accuracy:<type>"``)."""
+        from nnshift.steering.sweep_plots import plot_heatmap
+
+        return plot_heatmap(self, metric, ax)
+
     def to_dict(self, samples: bool = False) -> dict[str, Any]:
         """A JSON-able dict: target, rows (per-sample values with ``samples=True``), the Pareto front, info."""
         front = self.pareto()
