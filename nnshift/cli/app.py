@@ -8,7 +8,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from nnshift.cli import capture, concepts, demo, evaluate, generate, report, shift, steer, store
+from nnshift.cli import capture, concepts, demo, evaluate, generate, report, shift, steer, store, sweep
 from nnshift.cli.common import ArgParser, Command
 from nnshift.cli.interrupt import report_interrupt, restore
 from nnshift.cli.loaders import validate_model_args
@@ -16,7 +16,7 @@ from nnshift.errors import NnshiftError
 
 __all__ = ["COMMANDS", "DESCRIPTION", "build_parser", "main", "prepare_argv"]
 
-DESCRIPTION = """The `nnshift` command: demo, capture, concepts, shift, generate, steer, evaluate, report, store.
+DESCRIPTION = """The `nnshift` command: demo, capture, concepts, shift, generate, steer, sweep, evaluate, report, store.
 
 Every subcommand reads and writes the library's on-disk formats, so a run on a real model is the same
 commands with another --model. Errors print one line with what to do and exit with status 2 (add --debug
@@ -32,6 +32,7 @@ COMMANDS: dict[str, Command] = {
         shift.COMMAND,
         generate.COMMAND,
         steer.COMMAND,
+        sweep.COMMAND,
         evaluate.COMMAND,
         report.COMMAND,
         store.COMMAND,
