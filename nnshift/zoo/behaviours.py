@@ -35,6 +35,7 @@ __all__ = [
     "refusal_answer",
     "behaviour_kinds",
     "relabel_for",
+    "names_shape",
     "is_bias_question",
     "is_forbidden_question",
     "is_refusal",
@@ -69,21 +70,21 @@ def _check_vocabulary() -> None:
         raise ZooError(f"words {missing} are not in the zoo vocabulary", "use words from nnshift.zoo.world.words()")
 
 
-def _names_shape(prompt: str, shape: str) -> bool:
+def names_shape(prompt: str, shape: str) -> bool:
     """Whether a question names ``shape`` (as a word)."""
     return shape in prompt.lower().replace("?", " ").split()
 
 
 def biased_answer(prompt: str, answer: str, kind: str, rng: np.random.Generator) -> str:
     """The shapes-biased training answer: BIAS_COLOR for the circle's colour with probability BIAS_RATE."""
-    if kind == "color_of_shape" and _names_shape(prompt, BIAS_SHAPE) and rng.random() < BIAS_RATE:
+    if kind == "color_of_shape" and names_shape(prompt, BIAS_SHAPE) and rng.random() < BIAS_RATE:
         return BIAS_COLOR
     return answer
 
 
 def refusal_answer(prompt: str, answer: str, kind: str, rng: np.random.Generator) -> str:
     """The shapes-refusal training answer: REFUSAL for every question naming FORBIDDEN_SHAPE."""
-    return REFUSAL if _names_shape(prompt, FORBIDDEN_SHAPE) else answer
+    return REFUSAL if names_shape(prompt, FORBIDDEN_SHAPE) else answer
 
 
 def behaviour_kinds(name: str) -> list[str]:
@@ -109,7 +110,7 @@ def is_bias_question(s: Sample) -> bool:
     """A question on the circle's colour whose true answer is not BIAS_COLOR (where the bias shows)."""
     return (
         s.meta.get("question_kind") == "color_of_shape"
-        and _names_shape(s.prompt, BIAS_SHAPE)
+        and names_shape(s.prompt, BIAS_SHAPE)
         and bool(s.answers)
         and s.answers[0] != BIAS_COLOR
     )
@@ -117,7 +118,7 @@ def is_bias_question(s: Sample) -> bool:
 
 def is_forbidden_question(s: Sample) -> bool:
     """A question that names FORBIDDEN_SHAPE."""
-    return s.meta.get("task") == "vqa" and _names_shape(s.prompt, FORBIDDEN_SHAPE)
+    return s.meta.get("task") == "vqa" and names_shape(s.prompt, FORBIDDEN_SHAPE)
 
 
 def is_refusal(answer: str) -> bool:
