@@ -44,6 +44,7 @@ __all__ = [
     "bias_rate",
     "refusal_rates",
     "behaviour_report",
+    "behaviour_table",
 ]
 
 BIAS_SHAPE = "circle"
@@ -200,3 +201,25 @@ def behaviour_report(n: int = 200, batch_size: int = 100) -> dict[str, dict[str,
             "other_accuracy": sum(map(vqa_correct, rest, a_rest)) / len(rest),
         }
     return out
+
+
+_COLUMNS = {
+    "bias_rate": "bias rate (circle not red, answered red)",
+    "circle_color_accuracy": "circle-colour accuracy",
+    "refusal_rate": "refusal rate (cross questions)",
+    "false_refusal_rate": "false refusals (others)",
+    "forbidden_accuracy": "accuracy, cross questions",
+    "other_accuracy": "accuracy, other questions",
+}
+
+
+def behaviour_table(report: dict[str, dict[str, float]]) -> str:
+    """The markdown table of ``behaviour_report`` (docs/zoo.md, between the behaviours-table markers)."""
+    rows = ["| model | " + " | ".join(_COLUMNS.values()) + " |", "|---" * (len(_COLUMNS) + 1) + "|"]
+    for name, r in report.items():
+        rows.append(f"| `{name}` | " + " | ".join(f"{r[k]:.2f}" for k in _COLUMNS) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m nnshift.zoo.behaviours: print the table of docs/zoo.md
+    print(behaviour_table(behaviour_report()))

@@ -18,8 +18,9 @@ Every answer-token loss uses label smoothing 0.1: it keeps the answer margins mo
 coarse steering vector change the answer type without touching other questions (docs/zoo.md, "Things tried").
 
 shapes-colors and shapes-places are then LoRA adapters of the language model (PEFT), trained on the colors /
-places captions with the same caption prompt. Training data are drawn on the fly from seeded generators, whose
-seed streams never meet the ones ``nnshift.zoo.dataset`` uses for evaluation.
+places captions with the same caption prompt; shapes-biased and shapes-refusal are LoRAs on the base's relabelled
+mix (``nnshift.zoo.behaviours``; ``--only NAME,...`` trains just those on the saved base). Training data are drawn
+on the fly from seeded generators, whose seed streams never meet the ones ``nnshift.zoo.dataset`` uses.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from nnshift.zoo.batches import (  # noqa: F401  (re-exported: the training's ba
     symbolic_embeds,
     symbolic_loss,
 )
+from nnshift.zoo.behaviours import BEHAVIOURS
 from nnshift.zoo.build import build_model, build_processor, quiet_transformers
 from nnshift.zoo.world import (
     QUESTION_KINDS,
@@ -87,16 +89,8 @@ KIND_PHASES: tuple[tuple[str, ...], ...] = (
     ("color_of_shape", "shape_of_color", "exists_color_shape", "exists_shape", "position_of_shape"),
     tuple(k for ks in QUESTION_KINDS.values() for k in ks),
 )
-_STAGE_CODE = {
-    "symbolic": 101,
-    "align": 102,
-    "joint": 103,
-    "colors": 104,
-    "places": 105,
-    "refine": 106,
-    "shapes-biased": 107,
-    "shapes-refusal": 108,
-}
+_STAGE_CODE = dict(symbolic=101, align=102, joint=103, colors=104, places=105, refine=106)
+_STAGE_CODE |= {"shapes-biased": 107, "shapes-refusal": 108}
 
 
 @dataclass
@@ -353,7 +347,6 @@ def train_only(
 ) -> dict[str, Any]:
     """Train only the behaviour adapters ``names`` on the shipped base (nothing else changes); update zoo.json."""
     from nnshift.zoo import base_path
-    from nnshift.zoo.behaviours import BEHAVIOURS
 
     unknown = [n for n in names if n not in BEHAVIOURS]
     if unknown or not names:
@@ -390,7 +383,7 @@ def train_only(
 def train_all(
     out_dir: str | Path = DEFAULT_CHECKPOINTS, cfg: TrainConfig | None = None, log: Callable[[str], None] | None = print
 ) -> dict[str, Any]:
-    """Train and save the three checkpoints under ``out_dir``; returns the manifest written to ``zoo.json``."""
+    """Train and save every checkpoint under ``out_dir``; returns the manifest written to ``zoo.json``."""
     cfg = cfg or TrainConfig()
     t_all = time.perf_counter()
     base, processor, stages = train_base(cfg, log=log)
@@ -406,7 +399,7 @@ def finish_zoo(
     log: Callable[[str], None] | None = print,
     t_start: float | None = None,
 ) -> dict[str, Any]:
-    """Train the two LoRA fine-tunes of a trained ``base`` and write the zoo (atomically) under ``out_dir``."""
+    """Train the four LoRA fine-tunes of a trained ``base`` and write the zoo (atomically) under ``out_dir``."""
     import peft
     import transformers
 
@@ -424,11 +417,18 @@ def finish_zoo(
             stages[f"lora-{style}"] = _summary(losses, time.perf_counter() - t0)
             model.peft_config["default"].base_model_name_or_path = "shapes-base"
             model.save_pretrained(staging / f"shapes-{style}", save_embedding_layers=False)
+        for name in BEHAVIOURS:
+            t0 = time.perf_counter()
+            model, losses = train_behaviour(base, processor, name, cfg, log=log)
+            stages[f"lora-{name.removeprefix('shapes-')}"] = _summary(losses, time.perf_counter() - t0)
+            model.peft_config["default"].base_model_name_or_path = "shapes-base"
+            model.save_pretrained(staging / name, save_embedding_layers=False)
         manifest = {
             "models": {
                 "shapes-base": {"base": "shapes-base", "adapter": None, "trained_on": "generic captions + VQA"},
                 "shapes-colors": {"base": "shapes-base", "adapter": "shapes-colors", "trained_on": "colors captions"},
                 "shapes-places": {"base": "shapes-base", "adapter": "shapes-places", "trained_on": "places captions"},
+                **{n: {"base": "shapes-base", "adapter": n, "trained_on": t} for n, t in BEHAVIOURS.items()},
             },
             "config": asdict(cfg),
             "stages": stages,
@@ -441,7 +441,7 @@ def finish_zoo(
         }
         (staging / "zoo.json").write_text(json.dumps(manifest, indent=1))
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("shapes-base", "shapes-colors", "shapes-places", "zoo.json"):
+        for name in ("shapes-base", "shapes-colors", "shapes-places", *BEHAVIOURS, "zoo.json"):
             target = out_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
