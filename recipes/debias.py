@@ -4,10 +4,12 @@ shapes-biased answers "red" to "what color is the circle?" whatever the circle's
 (1) runs the shift analysis between the base and the biased model on circle-colour questions (last
 prompt token) and reports the concepts whose grounding words turn to the bias colour (the concepts that
 carry the bias); (2) steers the biased model with add vectors: a target-answer vector (its own "red"
-answers -> its answers of the other colours, on colour questions of every shape) and the reversed shift
-of the bias concepts (base minus fine-tune on their samples); (3) reports the bias rate on circles that
-are not red, the circle-colour accuracy and the accuracy on every other question, before and after.
-Every question is steered (no gating).
+answers -> its answers of the other colours, on colour questions of every shape), the reversed shift of
+the bias concepts (base minus fine-tune on their samples), and, fine-grained, the reversed shift of each
+fine-tune concept applied to the samples whose own state the fine-tune's dictionary assigns to it;
+(3) reports the bias rate on circles that are not red, the circle-colour accuracy and the accuracy on
+every other question, before and after.
+Every question is steered (the concept-wise vectors pick their concept from the model's own states).
 
     python recipes/debias.py --model shapes-base --finetune shapes-biased --layer 3 --alpha 1 --out runs/debias
 """
@@ -66,6 +68,29 @@ def bias_concepts(report: Any, acts_a: ns.Activations, answers_b: Sequence[str],
     for r in rows:
         r["carries_bias"] = bool(r["words_shifted"][:1] == [color] and r["words_original"][:1] != [color])
     return rows
+
+
+def conceptwise_shift(
+    ft: ns.VLM,
+    acts_a: ns.Activations,
+    acts_b: ns.Activations,
+    dico_b: Any,
+    samples: Sequence[ns.Sample],
+    alpha: float,
+    batch_size: int,
+) -> ns.steering.PatchSet:
+    """Fine-grained, concept-wise: each sample gets the reversed shift (base minus fine-tune) of the fine-tune
+    concept its own state is assigned to (``dico_b.assign`` on the fine-tune's states: no ground truth)."""
+    train = dico_b.assign(acts_b)
+    layer = int(acts_b.info["layer"])
+    ev = ns.capture(ft, samples, layer=layer, at="last_prompt", batch_size=batch_size, progress=False)
+    assigned = dico_b.assign(ev).tolist()
+    patches = []
+    for j in sorted(set(train.tolist())):
+        idx = [m for m in range(len(acts_b)) if int(train[m]) == j]
+        vec = ns.steering.coarse(acts_b.select(idx), acts_a.select(idx))
+        patches.append(vec.patch(alpha=alpha, rows=[a == j for a in assigned]))
+    return ns.steering.PatchSet(patches)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,6 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, p in patches.items():
         measured[f"finetune+{name}"] = measure(ns.steer(ft, bias_eval, p, **run), ns.steer(ft, rest_eval, p, **run))
+    cw = [
+        conceptwise_shift(ft, acts_a, acts_b, dico_b, ev, args.alpha, args.batch_size) for ev in (bias_eval, rest_eval)
+    ]
+    measured["finetune+conceptwise_reversed_shift"] = measure(
+        ns.steer(ft, bias_eval, cw[0], **run), ns.steer(ft, rest_eval, cw[1], **run)
+    )
     res["layer"], res["alpha"], res["k"] = acts_a.info["layer"], args.alpha, k
     res["bias"] = {"shape": shape, "color": color}
     res["n_circle_questions"], res["n_bias_eval"], res["n_rest_eval"] = len(acts_a), len(bias_eval), len(rest_eval)
