@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     res["bias"] = {"shape": shape, "color": color}
     res["n_circle_questions"], res["n_bias_eval"], res["n_rest_eval"] = len(acts_a), len(bias_eval), len(rest_eval)
     res["concepts"], res["bias_concepts"] = concepts, carriers
+    unit = torch.nn.functional.normalize(report.shift_vectors[carriers], dim=-1)
+    pairs = (unit @ unit.T)[~torch.eye(len(carriers), dtype=torch.bool)]
+    res["bias_concepts_shift_cosine"] = float(pairs.mean()) if pairs.numel() else None
     res["shift_summary"] = report.summary()
     res["vector_norms"] = {name: float(torch.as_tensor(v.norm)) for name, v in vectors.items()}
     res["project_out"] = "measured" if po is not None else "not available (patches only add on this version)"

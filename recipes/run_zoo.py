@@ -114,6 +114,8 @@ def _debias_tables(r: dict) -> str:
         rows.append(f"| {name} | {_f(m['bias_rate'])} | {_f(m['circle_color_accuracy'])} | {_f(m['other_accuracy'])} |")
     rows.append("")
     rows.append(
+        f"Mean cosine between the shift vectors of the concepts that carry the bias: "
+        f"{_f(r['bias_concepts_shift_cosine'])}. "
         f"{r['n_circle_questions']} circle-colour questions for the shift analysis (K = {r['k']}), "
         f"{r['n_bias_eval']} held-out circles that are not {color}, {r['n_rest_eval']} other held-out questions; "
         f"{r['seconds']} s."
