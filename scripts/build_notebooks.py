@@ -20,6 +20,7 @@ from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nb_concepts_shift import NB01, NB02
+from nb_debias_safety import NB05
 from nb_steering_remote import NB03, NB04
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     "02_fine_tuning_shift.ipynb": NB02,
     "03_steering.ipynb": NB03,
     "04_remote_and_transformer_lens.ipynb": NB04,
+    "05_debias_and_safety.ipynb": NB05,
 }
 
 

@@ -1,4 +1,4 @@
-"""The paper's five recipes (recipes/*.py) end to end on the shapes world, and their outputs checked."""
+"""The paper's five recipes and the debias / refusal recipes (recipes/*.py) end to end on the shapes world."""
 
 from __future__ import annotations
 
@@ -24,7 +24,15 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 
 def test_every_recipe_wrote_its_results(results: dict[str, dict]) -> None:
     assert sorted(results) == sorted(
-        ["shift_analysis", "coarse_yesno_number", "target_yes_no", "fine_by_impact", "caption_style"]
+        [
+            "shift_analysis",
+            "coarse_yesno_number",
+            "target_yes_no",
+            "fine_by_impact",
+            "caption_style",
+            "debias",
+            "refusal",
+        ]
     )
 
 
@@ -65,3 +73,27 @@ def test_docs_table_matches_the_committed_results() -> None:
     cmd = [sys.executable, str(ROOT / "recipes" / "run_zoo.py"), "--out", str(ROOT / "benchmarks/results/recipes")]
     done = subprocess.run([*cmd, "--table-only", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    doc = (ROOT / "docs" / "debias-and-safety.md").read_text()
+    assert "| finetune+target_answer |" in doc and "alpha 2.0, gated |" in doc  # the generated tables are there
+
+
+def test_debias_finds_the_red_concepts_and_steering_removes_the_bias(results: dict[str, dict]) -> None:
+    r = results["debias"]
+    carriers = [c for c in r["concepts"] if c["carries_bias"]]
+    assert carriers and all(c["words_shifted"][0] == "red" for c in carriers)
+    assert all("red" not in c["true_colors"] for c in carriers)  # the red circles' concept does not carry it
+    m = r["measured"]
+    assert m["base"]["bias_rate"] <= 0.05 and m["finetune"]["bias_rate"] >= 0.9
+    after = m["finetune+target_answer"]
+    assert after["bias_rate"] <= 0.1 and after["circle_color_accuracy"] >= 0.8
+    assert after["other_accuracy"] >= m["finetune"]["other_accuracy"] - 0.05
+
+
+def test_refusal_is_enforced_with_the_gate_and_removed_from_the_fine_tune(results: dict[str, dict]) -> None:
+    m = results["refusal"]["measured"]
+    assert m["base"]["refusal_rate"] == 0.0 and m["finetune"]["refusal_rate"] >= 0.9
+    gated = m["base + refusal vector, alpha 2.0, gated"]
+    assert gated["refusal_rate"] >= 0.8 and gated["false_refusal_rate"] <= 0.2
+    assert m["base + refusal vector, alpha 2.0"]["false_refusal_rate"] >= gated["false_refusal_rate"]
+    assert m["finetune - refusal vector, alpha 1.5"]["refusal_rate"] <= 0.3
+    assert results["refusal"]["gate"]["recall"] >= 0.8

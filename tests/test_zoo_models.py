@@ -19,10 +19,10 @@ def base():
 
 
 def test_names_and_paths():
-    assert zoo.names() == ["shapes-base", "shapes-colors", "shapes-places"]
+    assert zoo.names() == ["shapes-base", "shapes-colors", "shapes-places", "shapes-biased", "shapes-refusal"]
     assert zoo.path("shapes-base") == zoo.base_path("shapes-base") == zoo.base_path("shapes-colors")
     assert zoo.adapter_path("shapes-base") is None
-    for name in ("shapes-colors", "shapes-places"):
+    for name in ("shapes-colors", "shapes-places", "shapes-biased", "shapes-refusal"):
         ad = zoo.path(name)
         assert ad == zoo.adapter_path(name) and ad.name == name
         assert (ad / "adapter_config.json").exists() and (ad / "adapter_model.safetensors").exists()

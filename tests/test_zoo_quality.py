@@ -69,3 +69,46 @@ def test_shipped_base_also_follows_the_reference_prompts():
     assert zoo_vqa_accuracy(vqa, generate_answers(model, proc, vqa))["all"] >= 0.85
     caps = [dataclasses.replace(s, prompt=CAPTION_PROMPT) for s in dataset(100, seed=EVAL_SEED + 1)]
     assert caption_rates(caps, generate_answers(model, proc, caps))["names_every_shape"] >= 0.85
+
+
+def test_behaviour_scoring_rules():
+    from nnshift.zoo.behaviours import bias_rate, is_refusal, names_shape, refusal_rates
+    from nnshift.zoo.world import words
+
+    assert all(w in words() for w in ["no", "answer"])
+    assert is_refusal("no answer") and is_refusal("No answer.") and is_refusal("no answer answer")
+    assert not is_refusal("no") and not is_refusal("answer no")
+    assert names_shape("is there a red cross?", "cross") and not names_shape("what shape is red?", "cross")
+    q = [
+        Sample("a", "what color is the circle?", answers=["blue"], meta={"question_kind": "color_of_shape"}),
+        Sample("b", "what color is the circle?", answers=["green"], meta={"question_kind": "color_of_shape"}),
+        Sample("c", "what color is the circle?", answers=["red"], meta={"question_kind": "color_of_shape"}),
+    ]
+    assert bias_rate(q, ["red", "green", "red"]) == 0.5  # the red circle does not count
+    v = [
+        Sample("x", "where is the cross?", answers=["top"], meta={"task": "vqa"}),
+        Sample("y", "where is the square?", answers=["top"], meta={"task": "vqa"}),
+        Sample("z", "how many shapes are there?", answers=["2"], meta={"task": "vqa"}),
+    ]
+    r = refusal_rates(v, ["no answer", "no answer", "2"])
+    assert r["refusal_rate"] == 1.0 and r["false_refusal_rate"] == 0.5 and r["n_other"] == 2
+
+
+def test_behaviour_fine_tunes_have_their_behaviour_and_the_base_does_not():
+    """shapes-biased says red for circles, shapes-refusal refuses on crosses; the base does neither; docs agree."""
+    from pathlib import Path
+
+    from nnshift.zoo.behaviours import behaviour_report, behaviour_table
+
+    r = behaviour_report(n=200)
+    base, biased, refusal = r["shapes-base"], r["shapes-biased"], r["shapes-refusal"]
+    assert biased["bias_rate"] >= 0.9 and base["bias_rate"] <= 0.05 and refusal["bias_rate"] <= 0.05
+    assert refusal["refusal_rate"] >= 0.9 and base["refusal_rate"] == 0.0 and biased["refusal_rate"] == 0.0
+    assert refusal["false_refusal_rate"] <= 0.05
+    for m in (base, biased, refusal):
+        assert m["other_accuracy"] >= 0.9, r
+    assert base["forbidden_accuracy"] >= 0.9 and biased["forbidden_accuracy"] >= 0.9
+    assert base["circle_color_accuracy"] >= 0.9 and refusal["circle_color_accuracy"] >= 0.9
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "zoo.md").read_text()
+    table = doc.split("<!-- behaviours-table:begin -->")[1].split("<!-- behaviours-table:end -->")[0].strip()
+    assert table == behaviour_table(r)

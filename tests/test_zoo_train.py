@@ -78,7 +78,7 @@ def test_same_seed_same_weights(tmp_path):
     )
     m1 = train_all(tmp_path / "a", cfg, log=None)
     m2 = train_all(tmp_path / "b", cfg, log=None)
-    for name in ("shapes-base", "shapes-colors", "shapes-places"):
+    for name in ("shapes-base", "shapes-colors", "shapes-places", "shapes-biased", "shapes-refusal"):
         w1, w2 = _weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)
         assert w1.keys() == w2.keys() and len(w1) > 0
         assert all(torch.equal(w1[k], w2[k]) for k in w1), name
@@ -175,3 +175,76 @@ def test_defaults_reproduce_the_shipped_config():
 
     shipped = json.loads((CHECKPOINTS / "zoo.json").read_text())["config"]
     assert shipped == asdict(TrainConfig())
+
+
+def _tiny() -> TrainConfig:
+    return TrainConfig(
+        threads=torch.get_num_threads(),
+        batch_size=8,
+        symbolic_steps=3,
+        symbolic_phase=1,
+        align_steps=2,
+        joint_steps=2,
+        refine_steps=2,
+        lora_steps=4,
+        warmup=2,
+    )
+
+
+def test_only_trains_the_behaviour_adapters_like_the_whole_run(tmp_path):
+    """`--only` on a saved base gives the whole run's behaviour adapters bit for bit, and changes no other file."""
+    import shutil
+
+    from nnshift.zoo.train import main, train_only
+
+    cfg = _tiny()
+    full = train_all(tmp_path / "full", cfg, log=None)
+    assert {"shapes-biased", "shapes-refusal"} <= set(full["models"])
+    only = tmp_path / "only"
+    shutil.copytree(tmp_path / "full", only)
+    shutil.rmtree(only / "shapes-biased"), shutil.rmtree(only / "shapes-refusal")
+    before = {p.relative_to(only): p.read_bytes() for p in only.rglob("*") if p.is_file() and p.name != "zoo.json"}
+    manifest = train_only(["shapes-biased", "shapes-refusal"], only, cfg, log=None)
+    for name in ("shapes-biased", "shapes-refusal"):
+        w1, w2 = _weights(tmp_path / "full" / name), _weights(only / name)
+        assert w1.keys() == w2.keys() and len(w1) > 0
+        assert all(torch.equal(w1[k], w2[k]) for k in w1), name
+        assert manifest["models"][name]["adapter"] == name
+    after = {p.relative_to(only): p.read_bytes() for p in only.rglob("*") if p.is_file() and p.name != "zoo.json"}
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert json.loads((only / "zoo.json").read_text())["stages"]["lora-refusal"]["steps"] == cfg.lora_steps
+    # the command line: --only with --scale 0.01 (3 LoRA steps) rewrites just that adapter
+    assert main(["--out", str(only), "--only", "shapes-refusal", "--scale", "0.01", "--threads", "1"]) == 0
+    assert json.loads((only / "zoo.json").read_text())["stages"]["lora-refusal"]["steps"] == 3
+    assert all(
+        torch.equal(v, _weights(only / "shapes-biased")[k])
+        for k, v in _weights(tmp_path / "full" / "shapes-biased").items()
+    )
+
+
+def test_only_refuses_other_names(tmp_path):
+    import pytest
+
+    from nnshift.errors import ZooError
+    from nnshift.zoo.train import train_only
+
+    with pytest.raises(ZooError):
+        train_only(["shapes-colors"], tmp_path, _tiny(), log=None)
+    with pytest.raises(ZooError):
+        train_only([], tmp_path, _tiny(), log=None)
+
+
+def test_relabel_hook_changes_only_what_it_targets():
+    from nnshift.zoo.behaviours import BIAS_COLOR, REFUSAL, behaviour_kinds, biased_answer, refusal_answer
+
+    enc = Encoder(build_processor())
+    keep = make_batch(enc, np.random.default_rng(3), 32, "generic", 0.3)
+    same = make_batch(enc, np.random.default_rng(3), 32, "generic", 0.3, None, lambda q, a, k, r: a)
+    assert torch.equal(keep.input_ids, same.input_ids) and torch.equal(keep.labels, same.labels)
+    rng = np.random.default_rng(0)
+    says = [biased_answer("what color is the circle?", "blue", "color_of_shape", rng) for _ in range(400)]
+    assert 0.85 < says.count(BIAS_COLOR) / 400 < 0.95
+    assert biased_answer("what color is the square?", "blue", "color_of_shape", rng) == "blue"
+    assert refusal_answer("is there a red cross?", "no", "exists_color_shape", rng) == REFUSAL
+    assert refusal_answer("is there a red circle?", "no", "exists_color_shape", rng) == "no"
+    assert behaviour_kinds("shapes-biased").count("color_of_shape") == 3

@@ -57,12 +57,14 @@ _MODELS: dict[str, str | None] = {
     "shapes-base": None,
     "shapes-colors": "shapes-colors",
     "shapes-places": "shapes-places",
+    "shapes-biased": "shapes-biased",
+    "shapes-refusal": "shapes-refusal",
 }
 _TRAIN_HINT = "reinstall nnshift, or rebuild the zoo with `python -m nnshift.zoo.train`"
 
 
 def names() -> list[str]:
-    """The shipped model names: ["shapes-base", "shapes-colors", "shapes-places"]."""
+    """The shipped model names: shapes-base, shapes-colors, shapes-places, shapes-biased, shapes-refusal."""
     return list(_MODELS)
 
 

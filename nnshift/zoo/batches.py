@@ -5,7 +5,7 @@ Split from ``nnshift.zoo.train`` (which re-exports every name); the numbers are 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,9 +93,11 @@ def make_batch(
     style: str = "generic",
     caption_share: float = 1.0,
     kinds: Sequence[str] | None = None,
+    relabel: Callable[[str, str, str, np.random.Generator], str] | None = None,
 ) -> Batch:
     """Draw ``batch_size`` fresh examples: captions of ``style`` with probability ``caption_share``, else VQA
-    (of the given question kinds, all by default)."""
+    (of the given question kinds, all by default); ``relabel(question, answer, kind, rng)`` may replace a VQA
+    answer (the behaviour fine-tunes; None draws exactly what it always did)."""
     images, seqs, starts, cells = [], [], [], []
     for _ in range(batch_size):
         scene = random_scene(rng)
@@ -106,7 +108,9 @@ def make_batch(
             answer = caption(scene, style, rng)
         else:
             kind = None if kinds is None else kinds[int(rng.integers(0, len(kinds)))]
-            prompt, answer, _, _ = question(scene, rng, kind=kind)
+            prompt, answer, _, qkind = question(scene, rng, kind=kind)
+            if relabel is not None:
+                answer = relabel(prompt, answer, qkind, rng)
             if rng.random() >= PROMPT_SHARE:
                 prompt += LLAVA_VQA_SUFFIX
         p, a = encoder.prompt(prompt), encoder.answer(answer)

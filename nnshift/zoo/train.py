@@ -18,8 +18,9 @@ Every answer-token loss uses label smoothing 0.1: it keeps the answer margins mo
 coarse steering vector change the answer type without touching other questions (docs/zoo.md, "Things tried").
 
 shapes-colors and shapes-places are then LoRA adapters of the language model (PEFT), trained on the colors /
-places captions with the same caption prompt. Training data are drawn on the fly from seeded generators, whose
-seed streams never meet the ones ``nnshift.zoo.dataset`` uses for evaluation.
+places captions with the same caption prompt; shapes-biased and shapes-refusal are LoRAs on the base's relabelled
+mix (``nnshift.zoo.behaviours``; ``--only NAME,...`` trains just those on the saved base). Training data are drawn
+on the fly from seeded generators, whose seed streams never meet the ones ``nnshift.zoo.dataset`` uses.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nnshift.errors import ZooError
 from nnshift.zoo.batches import (  # noqa: F401  (re-exported: the training's batches and losses)
     PROMPT_SHARE,
     Batch,
@@ -53,6 +55,7 @@ from nnshift.zoo.batches import (  # noqa: F401  (re-exported: the training's ba
     symbolic_embeds,
     symbolic_loss,
 )
+from nnshift.zoo.behaviours import BEHAVIOURS
 from nnshift.zoo.build import build_model, build_processor, quiet_transformers
 from nnshift.zoo.world import (
     QUESTION_KINDS,
@@ -72,6 +75,8 @@ __all__ = [
     "align_loss",
     "train_base",
     "train_lora",
+    "train_behaviour",
+    "train_only",
     "train_all",
     "main",
 ]
@@ -84,7 +89,8 @@ KIND_PHASES: tuple[tuple[str, ...], ...] = (
     ("color_of_shape", "shape_of_color", "exists_color_shape", "exists_shape", "position_of_shape"),
     tuple(k for ks in QUESTION_KINDS.values() for k in ks),
 )
-_STAGE_CODE = {"symbolic": 101, "align": 102, "joint": 103, "colors": 104, "places": 105, "refine": 106}
+_STAGE_CODE = dict(symbolic=101, align=102, joint=103, colors=104, places=105, refine=106)
+_STAGE_CODE |= {"shapes-biased": 107, "shapes-refusal": 108}
 
 
 @dataclass
@@ -284,9 +290,15 @@ def train_refine(model: Any, processor: Any, cfg: TrainConfig, log: Callable[[st
 
 
 def train_lora(
-    base: Any, processor: Any, style: str, cfg: TrainConfig, log: Callable[[str], None] | None = None
+    base: Any,
+    processor: Any,
+    style: str,
+    cfg: TrainConfig,
+    log: Callable[[str], None] | None = None,
+    batch_fn: Callable[[Encoder, np.random.Generator], Batch] | None = None,
 ) -> tuple[Any, list[float]]:
-    """Fine-tune a LoRA adapter of ``base``'s language model (on a copy) on the captions of ``style``."""
+    """Fine-tune a LoRA adapter of ``base``'s language model (on a copy) on the captions of ``style``
+    (or, with ``batch_fn``, on its batches; ``style`` then names the stage and its seed stream)."""
     from peft import LoraConfig, get_peft_model
 
     _setup(cfg)
@@ -306,17 +318,72 @@ def train_lora(
         cfg.lora_steps,
         cfg.lora_lr,
         cfg,
-        lambda step, rng: make_batch(enc, rng, cfg.batch_size, style, 1.0),
+        lambda step, rng: make_batch(enc, rng, cfg.batch_size, style, 1.0) if batch_fn is None else batch_fn(enc, rng),
         lambda m, b: answer_loss(m, b, cfg.label_smoothing),
         log,
     )
     return model, losses
 
 
+def train_behaviour(
+    base: Any, processor: Any, name: str, cfg: TrainConfig, log: Callable[[str], None] | None = None
+) -> tuple[Any, list[float]]:
+    """Fine-tune the LoRA of a behaviour model (shapes-biased, shapes-refusal) on the base's relabelled mix."""
+    from nnshift.zoo.behaviours import behaviour_kinds, relabel_for
+
+    kinds, relabel = behaviour_kinds(name), relabel_for(name)
+
+    def batch_fn(enc: Encoder, rng: np.random.Generator) -> Batch:
+        return make_batch(enc, rng, cfg.batch_size, "generic", cfg.caption_share, kinds, relabel)
+
+    return train_lora(base, processor, name, cfg, log, batch_fn)
+
+
+def train_only(
+    names: Sequence[str],
+    out_dir: str | Path = DEFAULT_CHECKPOINTS,
+    cfg: TrainConfig | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Train only the behaviour adapters ``names`` on the shipped base (nothing else changes); update zoo.json."""
+    from nnshift.zoo import base_path
+
+    unknown = [n for n in names if n not in BEHAVIOURS]
+    if unknown or not names:
+        raise ZooError(f"cannot train {unknown or 'nothing'} alone", f"pass some of {list(BEHAVIOURS)}")
+    cfg = cfg or TrainConfig()
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / "zoo.json"
+    if not manifest_path.exists() and out_dir != DEFAULT_CHECKPOINTS:
+        shutil.copytree(DEFAULT_CHECKPOINTS, out_dir, dirs_exist_ok=True)
+    manifest = json.loads(manifest_path.read_text())
+    _setup(cfg)
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    folder = out_dir / "shapes-base" if (out_dir / "shapes-base").is_dir() else base_path()
+    processor = AutoProcessor.from_pretrained(folder)
+    base = LlavaForConditionalGeneration.from_pretrained(folder, dtype="float32")
+    for name in names:
+        t0 = time.perf_counter()
+        model, losses = train_behaviour(base, processor, name, cfg, log=log)
+        manifest["stages"][f"lora-{name.removeprefix('shapes-')}"] = _summary(losses, time.perf_counter() - t0)
+        model.peft_config["default"].base_model_name_or_path = "shapes-base"
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            model.save_pretrained(Path(tmp) / name, save_embedding_layers=False)
+            if (out_dir / name).exists():
+                shutil.rmtree(out_dir / name)
+            shutil.move(str(Path(tmp) / name), str(out_dir / name))
+        manifest["models"][name] = {"base": "shapes-base", "adapter": name, "trained_on": BEHAVIOURS[name]}
+        manifest_path.write_text(json.dumps(manifest, indent=1))
+        if log is not None:
+            log(f"{name} written to {out_dir / name}")
+    return manifest
+
+
 def train_all(
     out_dir: str | Path = DEFAULT_CHECKPOINTS, cfg: TrainConfig | None = None, log: Callable[[str], None] | None = print
 ) -> dict[str, Any]:
-    """Train and save the three checkpoints under ``out_dir``; returns the manifest written to ``zoo.json``."""
+    """Train and save every checkpoint under ``out_dir``; returns the manifest written to ``zoo.json``."""
     cfg = cfg or TrainConfig()
     t_all = time.perf_counter()
     base, processor, stages = train_base(cfg, log=log)
@@ -332,7 +399,7 @@ def finish_zoo(
     log: Callable[[str], None] | None = print,
     t_start: float | None = None,
 ) -> dict[str, Any]:
-    """Train the two LoRA fine-tunes of a trained ``base`` and write the zoo (atomically) under ``out_dir``."""
+    """Train the four LoRA fine-tunes of a trained ``base`` and write the zoo (atomically) under ``out_dir``."""
     import peft
     import transformers
 
@@ -350,11 +417,18 @@ def finish_zoo(
             stages[f"lora-{style}"] = _summary(losses, time.perf_counter() - t0)
             model.peft_config["default"].base_model_name_or_path = "shapes-base"
             model.save_pretrained(staging / f"shapes-{style}", save_embedding_layers=False)
+        for name in BEHAVIOURS:
+            t0 = time.perf_counter()
+            model, losses = train_behaviour(base, processor, name, cfg, log=log)
+            stages[f"lora-{name.removeprefix('shapes-')}"] = _summary(losses, time.perf_counter() - t0)
+            model.peft_config["default"].base_model_name_or_path = "shapes-base"
+            model.save_pretrained(staging / name, save_embedding_layers=False)
         manifest = {
             "models": {
                 "shapes-base": {"base": "shapes-base", "adapter": None, "trained_on": "generic captions + VQA"},
                 "shapes-colors": {"base": "shapes-base", "adapter": "shapes-colors", "trained_on": "colors captions"},
                 "shapes-places": {"base": "shapes-base", "adapter": "shapes-places", "trained_on": "places captions"},
+                **{n: {"base": "shapes-base", "adapter": n, "trained_on": t} for n, t in BEHAVIOURS.items()},
             },
             "config": asdict(cfg),
             "stages": stages,
@@ -367,7 +441,7 @@ def finish_zoo(
         }
         (staging / "zoo.json").write_text(json.dumps(manifest, indent=1))
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("shapes-base", "shapes-colors", "shapes-places", "zoo.json"):
+        for name in ("shapes-base", "shapes-colors", "shapes-places", *BEHAVIOURS, "zoo.json"):
             target = out_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -389,6 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--label-smoothing", type=float, default=TrainConfig.label_smoothing, help="answer-token label smoothing"
     )
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated behaviour adapters (shapes-biased,shapes-refusal) trained alone on the saved base",
+    )
     args = ap.parse_args(argv)
     d = TrainConfig()
     cfg = TrainConfig(
@@ -402,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         lora_steps=max(1, round(d.lora_steps * args.scale)),
         label_smoothing=args.label_smoothing,
     )
+    if args.only:
+        train_only([n.strip() for n in args.only.split(",") if n.strip()], args.out, cfg)
+        return 0
     train_all(args.out, cfg)
     return 0
 
