@@ -257,6 +257,8 @@ def test_caption_style_with_keep(vlm):
         ({"models": {"m": "shapes-colors"}}, ArgumentError),
         ({"fluency": "yes"}, ArgumentError),
         ({"batch_size": 0}, OptionsError),
+        ({"remote": True}, ArgumentError),
+        ({"remote": True, "fluency": False}, ArgumentError),
         ({"positions": "nowhere"}, NnshiftError),
         ({"vector_or_patch": torch.zeros(128)}, ArgumentError),
         ({"vector_or_patch": SteeringVector(torch.ones(5), layer=1)}, NnshiftError),

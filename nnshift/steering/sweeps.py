@@ -235,6 +235,11 @@ def sweep(
         raise ArgumentError("fluency is measured locally and this sweep runs remotely", "pass fluency=False")
     if not plan.steerability:
         plan = dataclasses.replace(plan, margin_words=None)
+    if plan.margin_words is not None and opts.remote:
+        raise ArgumentError(
+            "the steerability margins of a VQA target are read locally and this sweep runs remotely",
+            "pass steerability=False",
+        )
     points = _grid(plan)
     answers = _run_grid(vlm, plan, points, opts)
     extra = [(name, _run_model(vlm, other, plan, opts)) for name, other in plan.models.items()]
