@@ -281,6 +281,8 @@ def _from_doc(tensors: dict[str, torch.Tensor], doc: dict[str, Any], where: str)
 def _fmt(x: float | int | None, spec: str) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
     return format(x, spec)
 
 
