@@ -270,6 +270,8 @@ def test_caption_style_with_keep(vlm):
         ({"fluency": "yes"}, ArgumentError),
         ({"batch_size": 0}, OptionsError),
         ({"remote": True}, ArgumentError),
+        ({"keep": [ns.Sample("k0", "is there a cat?")]}, ArgumentError),
+        ({"keep": "k"}, ArgumentError),
         ({"remote": True, "fluency": False}, ArgumentError),
         ({"positions": "nowhere"}, NnshiftError),
         ({"vector_or_patch": torch.zeros(128)}, ArgumentError),
