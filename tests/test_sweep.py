@@ -270,6 +270,8 @@ def test_caption_style_with_keep(vlm):
         ({"fluency": "yes"}, ArgumentError),
         ({"batch_size": 0}, OptionsError),
         ({"remote": True}, ArgumentError),
+        ({"threshold": -0.1}, ArgumentError),
+        ({"threshold": float("inf")}, ArgumentError),
         ({"keep": [ns.Sample("k0", "is there a cat?")]}, ArgumentError),
         ({"keep": "k"}, ArgumentError),
         ({"remote": True, "fluency": False}, ArgumentError),
