@@ -99,6 +99,7 @@ def test_parse_target():
         (["--target", "answer:yes->no", "--calibrate", "--calibration-split", "1.5"], ["split"]),
         (["--target", "answer:yes->no", "--calibrate", "--prompt", "x"], ["baselines"]),
         (["--target", "answer:yes->no", "--remote"], ["fluency"]),
+        (["--target", "answer:yes->no", "--remote", "--no-fluency"], ["steerability"]),
         (["--target", "answer:yes->no", "--keep", "{data}x"], ["--keep"]),
         (["--target", "answer:yes->no", "--patch", "{root}/vec"], ["exactly one"]),
         (["--target", "answer:yes->no", "--baseline-model", "shapes-nothing"], ["shapes-nothing"]),

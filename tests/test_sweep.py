@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import nnshift as ns
+from nnshift.artifacts import seal
 from nnshift.errors import (
     ArgumentError,
     ArtifactError,
@@ -205,6 +206,17 @@ def test_save_load_round_trip(report, tmp_path):
         SweepReport.load(tmp_path / "sw")
     with pytest.raises(ArtifactError):
         SweepReport.load(tmp_path / "nothing")
+    report.save(tmp_path / "sw2")
+    for field, value in (("layer", "two"), ("alpha", [1]), ("answers", None), ("target_rate", "x")):
+        j = tmp_path / "sw2" / "sweep.json"
+        good = j.read_text()
+        doc = json.loads(good)
+        doc["doc"]["rows"][2][field] = value
+        j.write_text(json.dumps(seal(doc)))  # a consistent checksum: the field check itself must refuse it
+        with pytest.raises(ArtifactError):
+            SweepReport.load(tmp_path / "sw2")
+        j.write_text(good)
+    assert SweepReport.load(tmp_path / "sw2").rows[2].answers == report.rows[2].answers
 
 
 def test_target_answer_rate(vlm, evalset):
@@ -257,6 +269,12 @@ def test_caption_style_with_keep(vlm):
         ({"models": {"m": "shapes-colors"}}, ArgumentError),
         ({"fluency": "yes"}, ArgumentError),
         ({"batch_size": 0}, OptionsError),
+        ({"remote": True}, ArgumentError),
+        ({"threshold": -0.1}, ArgumentError),
+        ({"threshold": float("inf")}, ArgumentError),
+        ({"keep": [ns.Sample("k0", "is there a cat?")]}, ArgumentError),
+        ({"keep": "k"}, ArgumentError),
+        ({"remote": True, "fluency": False}, ArgumentError),
         ({"positions": "nowhere"}, NnshiftError),
         ({"vector_or_patch": torch.zeros(128)}, ArgumentError),
         ({"vector_or_patch": SteeringVector(torch.ones(5), layer=1)}, NnshiftError),

@@ -121,6 +121,8 @@ def _check(args: argparse.Namespace) -> None:
         raise CliError("baselines are part of a plain sweep, not of --calibrate", "drop --prompt/--baseline-model")
     if args.remote and not args.no_fluency:
         raise CliError("--remote: fluency is measured locally", "add --no-fluency")
+    if args.remote and not args.no_steerability and not args.target.strip().lower().startswith("style"):
+        raise CliError("--remote: the steerability margins of a VQA target are read locally", "add --no-steerability")
 
 
 def _figures(report: Any, out: Path) -> None:

@@ -52,7 +52,10 @@ def prepare_rows(vlm: Any, rows: Sequence[Sample]) -> dict[str, Tensor]:
         return vlm.prepare(rows)
     inputs = vlm.prepare(unique)
     ok = all(
-        isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == len(unique) and not (v.is_floating_point() and v.ndim == 2)
+        isinstance(v, Tensor)
+        and v.ndim >= 1
+        and v.shape[0] == len(unique)
+        and not (v.is_floating_point() and v.ndim == 2)
         for v in inputs.values()
     )
     if not ok:

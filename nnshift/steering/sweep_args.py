@@ -134,9 +134,11 @@ def _check_target(target: Any, samples: list[Sample], keep: list[Sample]) -> Non
         raise EmptyInputError(
             f"no sample has a ground-truth answer type in {list(target.source)}", "pass questions of the source type"
         )
-    bad = [s.id for s in keep if sample_task(s) != "vqa" and not s.answers]
+    bad = [s.id for s in keep if not s.answers]
     if bad:
-        raise ArgumentError(f"keep samples without reference answers: {bad[:3]}", "keep questions with answers")
+        raise ArgumentError(
+            f"keep samples without reference answers: {bad[:3]}", "keep samples whose answers (or captions) are known"
+        )
 
 
 def _check_named(value: Any, name: str, kind: type | tuple[type, ...], hint: str) -> dict[str, Any]:

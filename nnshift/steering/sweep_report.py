@@ -240,12 +240,13 @@ def _from_doc(tensors: dict[str, torch.Tensor], doc: dict[str, Any], where: str)
         kind = typed_field(d, "kind", str, f"{where}, row {i}")
         if kind not in ROW_KINDS:
             raise ArtifactError(f"{where}, row {i}: unknown kind {kind!r}", _REMAKE)
+        at = f"{where}, row {i}"
         rows.append(
             SweepRow(
                 kind=kind,
-                name=typed_field(d, "name", str, where),
-                layer=d.get("layer"),
-                alpha=d.get("alpha"),
+                name=typed_field(d, "name", str, at),
+                layer=typed_field(d, "layer", (int, type(None)), at, None),
+                alpha=typed_field(d, "alpha", (int, float, type(None)), at, None),
                 target_rate=_num(d.get("target_rate")),
                 n_relevant=int(d.get("n_relevant", 0)),
                 untouched_accuracy={k: _num(v) for k, v in (d.get("untouched_accuracy") or {}).items()},
@@ -255,8 +256,8 @@ def _from_doc(tensors: dict[str, torch.Tensor], doc: dict[str, Any], where: str)
                 length=_num(d.get("length")),
                 toward=_num(d.get("toward")),
                 away=_num(d.get("away")),
-                answers=list(typed_field(d, "answers", list, where)),
-                keep_answers=list(typed_field(d, "keep_answers", list, where)),
+                answers=[str(a) for a in typed_field(d, "answers", list, at)],
+                keep_answers=[str(a) for a in typed_field(d, "keep_answers", list, at)],
                 sample_nll=tensors["nll"][i].tolist(),
                 sample_length=[int(x) for x in tensors["length"][i].tolist()],
                 sample_margin=tensors["margin"][i].tolist(),
@@ -280,6 +281,8 @@ def _from_doc(tensors: dict[str, torch.Tensor], doc: dict[str, Any], where: str)
 def _fmt(x: float | int | None, spec: str) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
     return format(x, spec)
 
 

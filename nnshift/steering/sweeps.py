@@ -231,10 +231,17 @@ def sweep(
         vlm, vector_or_patch, samples, target, alphas, layers, positions, keep, prompts, models, fluency, steerability
     )
     opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < math.inf:
+        raise ArgumentError(f"threshold must be a finite number >= 0, got {threshold!r}", "pass e.g. threshold=0.1")
     if plan.fluency and opts.remote:
         raise ArgumentError("fluency is measured locally and this sweep runs remotely", "pass fluency=False")
     if not plan.steerability:
         plan = dataclasses.replace(plan, margin_words=None)
+    if plan.margin_words is not None and opts.remote:
+        raise ArgumentError(
+            "the steerability margins of a VQA target are read locally and this sweep runs remotely",
+            "pass steerability=False",
+        )
     points = _grid(plan)
     answers = _run_grid(vlm, plan, points, opts)
     extra = [(name, _run_model(vlm, other, plan, opts)) for name, other in plan.models.items()]
