@@ -14,7 +14,7 @@ from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
-from nnshift.models.protocol import VLMLike
+from nnshift.models.protocol import VLMLike, check_vlm
 from nnshift.options import Remote, RunOptions, batched, run_options
 from nnshift.positions import Generated, Selector, SelectorLike, TokenOfInterest, as_selector, find_word_token
 from nnshift.store import Activations, ActivationStore, prompt_rows, row_id, sample_id_of
@@ -294,7 +294,7 @@ def _assemble(
 
 
 def capture(
-    vlm: Any,
+    vlm: VLMLike,
     samples: Iterable[Sample],
     layer: int | Sequence[int] = -1,
     at: SelectorLike = "last_prompt",
@@ -324,6 +324,7 @@ def capture(
     32 new tokens, a progress bar, local; ``options=`` (a `RunOptions`) sets them at once, explicit keywords
     win over it.
     """
+    check_vlm(vlm, "capture()")
     opts = run_options(
         options,
         _CAPTURE_DEFAULTS,

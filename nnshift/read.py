@@ -22,7 +22,7 @@ from torch import Tensor
 from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, PositionError
-from nnshift.models.protocol import VLMLike
+from nnshift.models.protocol import VLMLike, check_vlm
 from nnshift.positions import Selector, SelectorLike, as_selector
 from nnshift.store import Activations, prompt_rows
 
@@ -41,6 +41,7 @@ def _forward_selector(at: SelectorLike) -> Selector:
 
 def selection_mask(vlm: VLMLike, at: SelectorLike, inputs: Mapping[str, Tensor]) -> Bool[Tensor, "b s"]:
     """The [batch, seq] mask of the prompt positions ``at`` selects in ``inputs`` (as `ns.capture` selects them)."""
+    check_vlm(vlm, "selection_mask()")
     if "input_ids" not in inputs:
         raise EmptyInputError("inputs has no 'input_ids'", "pass what vlm.prepare(samples) returned")
     ids = inputs["input_ids"]
@@ -53,6 +54,7 @@ def read(vlm: VLMLike, layer: int, at: SelectorLike = "last_prompt", *, inputs: 
 
     After the trace the result is a ``[rows, hidden]`` tensor, rows in batch order then position order.
     """
+    check_vlm(vlm, "read()")
     mask = selection_mask(vlm, at, inputs).to(inputs["input_ids"].device)
     return vlm.get_resid(layer)[mask].detach().cpu().save()
 
@@ -69,6 +71,7 @@ def read_activations(
     dtype: torch.dtype = torch.float32,
 ) -> Activations:
     """Turn what `read` returned into `Activations` with capture's rows, ids and provenance."""
+    check_vlm(vlm, "read_activations()")
     if reduce not in (None, "mean"):
         raise PositionError(f"unknown reduce {reduce!r}", "use reduce=None or reduce='mean'")
     samples = list(samples)
@@ -129,6 +132,7 @@ def cache_activations(
 
     Rows, ids and provenance are `ns.capture`'s; ``layer`` counts decoder blocks as nnshift does.
     """
+    check_vlm(vlm, "cache_activations()")
     resid = _cache_entry(cache, layer, vlm.n_layers)
     mask = selection_mask(vlm, at, inputs)
     if resid.shape[:2] != mask.shape:

@@ -5,16 +5,18 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from nnshift.data import Sample
+from nnshift.errors import ArgumentError
 
-__all__ = ["VLMLike"]
+__all__ = ["VLMLike", "check_vlm", "missing_members"]
 
 
 @runtime_checkable
@@ -50,3 +52,48 @@ class VLMLike(Protocol):
     def logit_lens(self, h: Float[Tensor, "k d"]) -> Float[Tensor, "k v"]: ...
 
     def decode(self, ids: Tensor | Sequence[int]) -> str: ...
+
+
+#: the members of `VLMLike`, in its order
+MEMBERS: tuple[str, ...] = (
+    "model",
+    "name",
+    "tokenizer",
+    "hidden_size",
+    "n_layers",
+    "device",
+    "dtype",
+    "layer_index",
+    "get_resid",
+    "set_resid",
+    "prepare",
+    "image_token_mask",
+    "logit_lens",
+    "decode",
+)
+
+
+def _has(obj: Any, name: str) -> bool:
+    """``obj`` has ``name``, found without running a property (or, failing that, through ``__getattr__``)."""
+    try:
+        inspect.getattr_static(obj, name)
+        return True
+    except AttributeError:
+        return hasattr(obj, name)
+
+
+def missing_members(vlm: Any) -> list[str]:
+    """The `VLMLike` members that ``vlm`` lacks (empty for a loaded `nnshift.VLM`)."""
+    return [m for m in MEMBERS if not _has(vlm, m)]
+
+
+def check_vlm(vlm: Any, what: str) -> VLMLike:
+    """``vlm`` is a loaded model (has every `VLMLike` member), else `ArgumentError` naming what is missing."""
+    missing = missing_members(vlm)
+    if missing:
+        lacks = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+        raise ArgumentError(
+            f"{what} needs a loaded model as vlm, got {type(vlm).__name__} (it has no {lacks})",
+            "load one with ns.load('org/model') or ns.zoo.load('shapes-base'), and pass it first",
+        )
+    return cast(VLMLike, vlm)
