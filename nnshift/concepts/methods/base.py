@@ -145,13 +145,15 @@ class ConceptMethod(ABC, Generic[C]):
     ``config_class`` is the method's frozen `MethodConfig` dataclass (its fields and defaults are the
     accepted parameters; ``defaults`` is derived from it). A method without one lists its parameters
     in ``defaults`` and receives a plain dict. ``state_keys`` names the extra tensors (e.g. PCA's
-    mean) that `transform` needs and that `ConceptDictionary` saves.
+    mean) that `transform` needs and that `ConceptDictionary` saves; ``origin`` names the one of them (if any)
+    that is the data's origin: `centred` subtracts it before coding and `reconstruct` adds it back.
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig] | None] = None
     defaults: ClassVar[dict[str, Any]] = {}
     state_keys: ClassVar[tuple[str, ...]] = ()
+    origin: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -213,8 +215,15 @@ class ConceptMethod(ABC, Generic[C]):
         params: C | Mapping[str, Any],
         state: dict[str, Tensor],
     ) -> Float[Tensor, "m d"]:
-        """Rows rebuilt from their activations (default ``V @ U``)."""
-        return codes @ concepts
+        """Rows rebuilt from their activations: ``V @ U``, plus the ``origin`` state (if any, e.g. PCA's mean)."""
+        out = codes @ concepts
+        off = state.get(self.origin) if self.origin else None
+        return out + off if off is not None else out
+
+    def centred(self, z: Float[Tensor, "m d"], state: dict[str, Tensor]) -> Float[Tensor, "m d"]:
+        """``z`` minus the ``origin`` state (unchanged without one, e.g. for given concepts without a mean)."""
+        off = state.get(self.origin) if self.origin else None
+        return z - off if off is not None else z
 
     def scores(self, codes: Float[Tensor, "m k"], params: C | Mapping[str, Any]) -> Float[Tensor, "m k"]:
         """How strongly each row expresses each concept, for assignment and top samples (default ``|v|``)."""

@@ -62,6 +62,7 @@ class NMFMethod(ConceptMethod[NMFConfig]):
     name = "nmf"
     config_class = NMFConfig
     state_keys = ("offset",)
+    origin = "offset"
 
     def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: NMFConfig | Mapping[str, Any]) -> FitResult:
         """Alternating HALS sweeps on ``V`` then ``U``; the last ``V`` is the exact NNLS solution."""
@@ -99,18 +100,5 @@ class NMFMethod(ConceptMethod[NMFConfig]):
         params: NMFConfig | Mapping[str, Any],
         state: dict[str, Tensor],
     ) -> Float[Tensor, "m k"]:
-        """Non-negative least squares codes of ``z - offset``."""
-        off = state.get("offset")
-        return S.nonneg_lasso(z - off if off is not None else z, concepts, 0.0)
-
-    def reconstruct(
-        self,
-        concepts: Float[Tensor, "k d"],
-        codes: Float[Tensor, "m k"],
-        params: NMFConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m d"]:
-        """``V U + offset``."""
-        off = state.get("offset")
-        out = codes @ concepts
-        return out + off if off is not None else out
+        """Non-negative least squares codes of ``z - offset`` (`reconstruct`: ``V U + offset``)."""
+        return S.nonneg_lasso(self.centred(z, state), concepts, 0.0)

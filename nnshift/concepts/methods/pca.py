@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
@@ -32,6 +33,7 @@ class PCAMethod(ConceptMethod[PCAConfig]):
     name = "pca"
     config_class = PCAConfig
     state_keys = ("mean",)
+    origin = "mean"
 
     def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: PCAConfig | Mapping[str, Any]) -> FitResult:
         """Centre, then (randomized when large) SVD."""
@@ -62,18 +64,5 @@ class PCAMethod(ConceptMethod[PCAConfig]):
         params: PCAConfig | Mapping[str, Any],
         state: dict[str, Tensor],
     ) -> Float[Tensor, "m k"]:
-        """Projection of the centred rows (the training mean; 0 for given concepts without ``mean``)."""
-        mean = state.get("mean")
-        return (z - mean if mean is not None else z) @ concepts.t()
-
-    def reconstruct(
-        self,
-        concepts: Float[Tensor, "k d"],
-        codes: Float[Tensor, "m k"],
-        params: PCAConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m d"]:
-        """``V U + mean``."""
-        mean = state.get("mean")
-        out = codes @ concepts
-        return out + mean if mean is not None else out
+        """Projection of the centred rows ``(z - mean) Uᵀ`` (no mean for given concepts); `reconstruct` adds it back."""
+        return einsum(self.centred(z, state), concepts, "m d, k d -> m k")
