@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
@@ -107,7 +108,7 @@ class KMeansMethod(ConceptMethod[KMeansConfig]):
         if act == "cosine":
             zn = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
             un = concepts / concepts.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            return zn @ un.t()
+            return einsum(zn, un, "m d, k d -> m k")
         mean = z.mean(dim=0)
         dist = S.sq_distances(z - mean, concepts - mean).sqrt_()
         if act == "inverse_distance":
