@@ -152,6 +152,21 @@ class ShiftReport:
         idx = {"original": self.mas_original, "shifted": self.mas_shifted, "finetuned": self.mas_finetuned}[which]
         return [[self.ids[i] for i in row] for row in idx.tolist()]
 
+    def per_concept(self) -> list[dict[str, Any]]:
+        """One row per original concept: its match, both recovery cosines, consistency, magnitude and dynamics."""
+        return [
+            {
+                "concept": c,
+                "match": int(self.matching[c]),
+                "cos original": float(self.recovery_original[c]),
+                "cos shifted": float(self.recovery_shifted[c]),
+                "consistency": float(self.consistency[c]),
+                "magnitude": float(self.magnitude[c]),
+                "dynamics": self.dynamics[c],
+            }
+            for c in range(self.k)
+        ]
+
     def summary(self) -> dict[str, Any]:
         """Headline numbers: mean recoveries, share of concepts recovered, correlations, dynamics counts."""
         out: dict[str, Any] = {
