@@ -152,7 +152,7 @@ def generate(
     return answers
 
 
-def _check_steer_inputs(vlm: Any, samples: Sequence[Sample], patch: Patch | PatchSet) -> int | None:
+def _check_steer_inputs(vlm: VLMLike, samples: Sequence[Sample], patch: Patch | PatchSet) -> int | None:
     """Validate a patch against the model and the samples (before any forward pass); its per-sample size."""
     if not (hasattr(patch, "bind") and hasattr(patch, "patches")):
         hint = "build one with vec.patch(alpha) (a SteeringVector is not a patch)"

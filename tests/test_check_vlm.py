@@ -12,7 +12,7 @@ import torch
 
 import nnshift as ns
 from nnshift.errors import ArgumentError
-from nnshift.models.protocol import MEMBERS, VLMLike, check_vlm, missing_members
+from nnshift.models.protocol import MEMBERS, LensLike, VLMLike, check_vlm, missing_members
 from nnshift.models.testing import build_tiny
 
 SAMPLES = [ns.Sample(id="s0", prompt="what color is the circle"), ns.Sample(id="s1", prompt="is there a square")]
@@ -88,4 +88,5 @@ def test_a_loaded_model_passes_without_running_properties(tmp_path):
     vlm = ns.load(build_tiny("llava", tmp_path / "llava"), dtype="float32")
     assert missing_members(vlm) == []
     assert check_vlm(vlm, "generate()") is vlm
-    assert isinstance(vlm, VLMLike)
+    assert isinstance(vlm, VLMLike) and isinstance(vlm, LensLike)
+    assert not isinstance(Partial(), LensLike)

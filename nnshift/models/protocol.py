@@ -16,7 +16,19 @@ from torch import Tensor
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError
 
-__all__ = ["VLMLike", "check_vlm", "missing_members"]
+__all__ = ["LensLike", "VLMLike", "check_vlm", "missing_members"]
+
+
+@runtime_checkable
+class LensLike(Protocol):
+    """What text grounding needs from a model: its tokenizer and its logit lens (final norm, then unembedding).
+
+    Every `VLMLike` is one; a stand-in for grounding alone only needs these two members.
+    """
+
+    tokenizer: Any
+
+    def logit_lens(self, h: Float[Tensor, "k d"]) -> Float[Tensor, "k v"]: ...
 
 
 @runtime_checkable

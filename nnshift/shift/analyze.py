@@ -30,6 +30,7 @@ from nnshift.metrics import (
     text_overlap,
     top_rows,
 )
+from nnshift.models.protocol import LensLike
 from nnshift.shift.checks import ActsA, ActsB, Grounder, check_alpha, check_dictionaries, pair_matrices
 from nnshift.shift.metrics import (
     DynamicsThresholds,
@@ -283,7 +284,7 @@ def analyze(
     dictionary_b: ConceptDictionaryLike,
     alpha: float | int = 1.0,
     *,
-    vlm: Any = None,
+    vlm: LensLike | None = None,
     ground: Grounder | None = None,
     top_words: int = 15,
     n_mas: int = 5,
