@@ -15,7 +15,7 @@ from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
-from nnshift.models.protocol import VLMLike, check_vlm
+from nnshift.models.protocol import VLMLike, check_vlm, token_batch
 from nnshift.options import Remote, RunOptions, batched, run_options
 from nnshift.positions import Generated, Selector, SelectorLike, TokenOfInterest, as_selector, find_word_token
 from nnshift.store import Activations, ActivationStore, prompt_rows, row_id, sample_id_of
@@ -240,9 +240,9 @@ def _rows_from_forward(job: _Job, batch: Sequence[Sample], rows: _Rows) -> None:
     if remote:
         ensure_remote_ready()
     inputs = vlm.prepare(batch)
-    attn = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
-    mask = job.selector.prefill_mask(attn.cpu(), vlm.image_token_mask(inputs["input_ids"]).cpu())
-    dev_mask = mask.to(inputs["input_ids"].device)
+    ids, attn = token_batch(inputs)
+    mask = job.selector.prefill_mask(attn.cpu(), vlm.image_token_mask(ids).cpu())
+    dev_mask = mask.to(ids.device)
     with vlm.model.trace(dict(inputs), remote=remote):
         saved: Any = list().save()  # type: ignore[attr-defined]  # nnsight's saved list
         for layer in layers:

@@ -22,7 +22,7 @@ from torch import Tensor
 from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, PositionError
-from nnshift.models.protocol import VLMLike, check_vlm
+from nnshift.models.protocol import VLMLike, check_vlm, token_batch
 from nnshift.positions import Selector, SelectorLike, as_selector
 from nnshift.store import Activations, prompt_rows
 
@@ -42,10 +42,7 @@ def _forward_selector(at: SelectorLike) -> Selector:
 def selection_mask(vlm: VLMLike, at: SelectorLike, inputs: Mapping[str, Tensor]) -> Bool[Tensor, "b s"]:
     """The [batch, seq] mask of the prompt positions ``at`` selects in ``inputs`` (as `ns.capture` selects them)."""
     check_vlm(vlm, "selection_mask()")
-    if "input_ids" not in inputs:
-        raise EmptyInputError("inputs has no 'input_ids'", "pass what vlm.prepare(samples) returned")
-    ids = inputs["input_ids"]
-    attn = inputs.get("attention_mask", torch.ones_like(ids))
+    ids, attn = token_batch(inputs)
     return _forward_selector(at).prefill_mask(attn.cpu(), vlm.image_token_mask(ids).cpu())
 
 
@@ -85,8 +82,7 @@ def read_activations(
             f"read tensor of shape {tuple(tensor.shape)}; expected [{int(mask.sum())}, {vlm.hidden_size}]",
             "pass the tensor ns.read returned for these inputs and this selector",
         )
-    attn = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
-    layout = prompt_rows(mask, attn, samples, reduce)
+    layout = prompt_rows(mask, token_batch(inputs)[1], samples, reduce)
     rows = [tensor[s].float().mean(0).to(dtype) for _, _, _, s in layout]
     from nnshift.capture import store_key
 

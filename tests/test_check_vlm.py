@@ -90,3 +90,16 @@ def test_a_loaded_model_passes_without_running_properties(tmp_path):
     assert check_vlm(vlm, "generate()") is vlm
     assert isinstance(vlm, VLMLike) and isinstance(vlm, LensLike)
     assert not isinstance(Partial(), LensLike)
+
+
+def test_token_batch():
+    from nnshift.errors import EmptyInputError
+    from nnshift.models.protocol import token_batch
+
+    ids = torch.tensor([[5, 6, 7], [0, 8, 9]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    got_ids, got_mask = token_batch({"input_ids": ids, "attention_mask": mask, "pixel_values": torch.zeros(2, 3)})
+    assert got_ids is ids and got_mask is mask
+    assert torch.equal(token_batch({"input_ids": ids})[1], torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(EmptyInputError, match="input_ids"):
+        token_batch({"attention_mask": mask})

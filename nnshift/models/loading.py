@@ -477,7 +477,7 @@ class VLM(LoraSwitch):
                 logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def decode(self, ids: Tensor | Sequence[int]) -> str:
+    def decode(self, ids: Int[Tensor, ...] | Sequence[int]) -> str:
         """Token ids -> text, special tokens skipped, whitespace stripped."""
         if isinstance(ids, Tensor):
             ids = ids.reshape(-1).tolist()

@@ -6,17 +6,17 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from nnshift.data import Sample
-from nnshift.errors import ArgumentError
+from nnshift.errors import ArgumentError, EmptyInputError
 
-__all__ = ["LensLike", "VLMLike", "check_vlm", "missing_members"]
+__all__ = ["LensLike", "VLMLike", "check_vlm", "missing_members", "token_batch"]
 
 
 @runtime_checkable
@@ -57,13 +57,15 @@ class VLMLike(Protocol):
 
     def set_resid(self, i: int, value: Any) -> None: ...
 
-    def prepare(self, samples: Sequence[Sample], add_generation_prompt: bool = True) -> dict[str, Tensor]: ...
+    def prepare(self, samples: Sequence[Sample], add_generation_prompt: bool = True) -> dict[str, Tensor]:
+        """Model inputs: ``input_ids`` and ``attention_mask`` ``[B, S]`` (see `token_batch`), image tensors."""
+        ...
 
     def image_token_mask(self, input_ids: Int[Tensor, "b s"]) -> Bool[Tensor, "b s"]: ...
 
     def logit_lens(self, h: Float[Tensor, "k d"]) -> Float[Tensor, "k v"]: ...
 
-    def decode(self, ids: Tensor | Sequence[int]) -> str: ...
+    def decode(self, ids: Int[Tensor, ...] | Sequence[int]) -> str: ...
 
 
 #: the members of `VLMLike`, in its order
@@ -109,3 +111,11 @@ def check_vlm(vlm: Any, what: str) -> VLMLike:
             "load one with ns.load('org/model') or ns.zoo.load('shapes-base'), and pass it first",
         )
     return cast(VLMLike, vlm)
+
+
+def token_batch(inputs: Mapping[str, Tensor]) -> tuple[Int[Tensor, "b s"], Shaped[Tensor, "b s"]]:
+    """The ``[B, S]`` token ids of prepared inputs and their attention mask (all ones when there is none)."""
+    if "input_ids" not in inputs:
+        raise EmptyInputError("inputs has no 'input_ids'", "pass what vlm.prepare(samples) returned")
+    ids = inputs["input_ids"]
+    return ids, inputs.get("attention_mask", torch.ones_like(ids))
