@@ -13,9 +13,13 @@ from torch import Tensor
 
 from nnshift.concepts import _solvers as S
 from nnshift.concepts.methods.base import (
+    Codes,
     ConceptMethod,
+    Concepts,
     FitResult,
     MethodConfig,
+    Rows,
+    State,
     check_init,
     check_int,
     check_number,
@@ -70,7 +74,7 @@ class KMeansMethod(ConceptMethod[KMeansConfig]):
             return x[torch.randperm(x.shape[0], generator=gen, device=x.device)[:k]].clone()
         return init_tensor("init", init, (k, x.shape[1]), x) - mean
 
-    def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: KMeansConfig | Mapping[str, Any]) -> FitResult:
+    def fit(self, z: Rows, k: int, seed: int, params: KMeansConfig | Mapping[str, Any]) -> FitResult:
         """Best of ``n_init`` seeded runs by inertia."""
         cfg = self.config(params)
         mean = z.mean(dim=0)
@@ -96,13 +100,7 @@ class KMeansMethod(ConceptMethod[KMeansConfig]):
         }
         return FitResult(concepts=concepts, codes=codes, params=cfg.to_params(), diagnostics=diag)
 
-    def transform(
-        self,
-        concepts: Float[Tensor, "k d"],
-        z: Float[Tensor, "m d"],
-        params: KMeansConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m k"]:
+    def transform(self, concepts: Concepts, z: Rows, params: KMeansConfig | Mapping[str, Any], state: State) -> Codes:
         """Similarities to the centroids, as chosen by ``activation``."""
         act = self.config(params).activation
         if act == "cosine":
@@ -118,15 +116,11 @@ class KMeansMethod(ConceptMethod[KMeansConfig]):
         return torch.nn.functional.one_hot(dist.argmin(dim=1), concepts.shape[0]).to(torch.float32)
 
     def reconstruct(
-        self,
-        concepts: Float[Tensor, "k d"],
-        codes: Float[Tensor, "m k"],
-        params: KMeansConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m d"]:
+        self, concepts: Concepts, codes: Codes, params: KMeansConfig | Mapping[str, Any], state: State
+    ) -> Rows:
         """Each row replaced by its most similar centroid."""
         return concepts[codes.argmax(dim=1)]
 
-    def scores(self, codes: Float[Tensor, "m k"], params: KMeansConfig | Mapping[str, Any]) -> Float[Tensor, "m k"]:
+    def scores(self, codes: Codes, params: KMeansConfig | Mapping[str, Any]) -> Codes:
         """The activations themselves: all k-means activations are similarities."""
         return codes

@@ -12,9 +12,13 @@ from torch import Tensor
 
 from nnshift.concepts import _solvers as S
 from nnshift.concepts.methods.base import (
+    Codes,
     ConceptMethod,
+    Concepts,
     FitResult,
     MethodConfig,
+    Rows,
+    State,
     check_int,
     check_number,
     rel_error,
@@ -39,7 +43,7 @@ class NMFConfig(MethodConfig):
         check_number("tol", self.tol, allow_zero=True)
 
 
-def _offset(z: Float[Tensor, "m d"], shift: str) -> Float[Tensor, " d"]:
+def _offset(z: Rows, shift: str) -> Float[Tensor, " d"]:
     """Per-feature offset that makes ``z - offset >= 0`` (zeros with ``shift="none"``, checked)."""
     offset = z.min(dim=0).values.clamp(max=0.0)
     if shift == "none":
@@ -64,7 +68,7 @@ class NMFMethod(ConceptMethod[NMFConfig]):
     state_keys = ("offset",)
     origin = "offset"
 
-    def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: NMFConfig | Mapping[str, Any]) -> FitResult:
+    def fit(self, z: Rows, k: int, seed: int, params: NMFConfig | Mapping[str, Any]) -> FitResult:
         """Alternating HALS sweeps on ``V`` then ``U``; the last ``V`` is the exact NNLS solution."""
         cfg = self.config(params)
         offset = _offset(z, cfg.shift)
@@ -93,12 +97,6 @@ class NMFMethod(ConceptMethod[NMFConfig]):
         diag = {"loss": hist, "n_iter": it, "converged": conv, "reconstruction_error": rel_error(z, v @ u + offset)}
         return FitResult(concepts=u, codes=v, params=cfg.to_params(), diagnostics=diag, state={"offset": offset})
 
-    def transform(
-        self,
-        concepts: Float[Tensor, "k d"],
-        z: Float[Tensor, "m d"],
-        params: NMFConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m k"]:
+    def transform(self, concepts: Concepts, z: Rows, params: NMFConfig | Mapping[str, Any], state: State) -> Codes:
         """Non-negative least squares codes of ``z - offset`` (`reconstruct`: ``V U + offset``)."""
         return S.nonneg_lasso(self.centred(z, state), concepts, 0.0)

@@ -7,11 +7,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from einops import einsum
-from jaxtyping import Float
-from torch import Tensor
 
 from nnshift.concepts import _solvers as S
-from nnshift.concepts.methods.base import ConceptMethod, FitResult, MethodConfig, check_int, rel_error
+from nnshift.concepts.methods.base import (
+    Codes,
+    ConceptMethod,
+    Concepts,
+    FitResult,
+    MethodConfig,
+    Rows,
+    State,
+    check_int,
+    rel_error,
+)
 from nnshift.errors import ConceptError
 
 __all__ = ["PCAConfig", "PCAMethod"]
@@ -35,7 +43,7 @@ class PCAMethod(ConceptMethod[PCAConfig]):
     state_keys = ("mean",)
     origin = "mean"
 
-    def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: PCAConfig | Mapping[str, Any]) -> FitResult:
+    def fit(self, z: Rows, k: int, seed: int, params: PCAConfig | Mapping[str, Any]) -> FitResult:
         """Centre, then (randomized when large) SVD."""
         cfg = self.config(params)
         if k > min(z.shape):
@@ -57,12 +65,6 @@ class PCAMethod(ConceptMethod[PCAConfig]):
         }
         return FitResult(concepts=qt, codes=codes, params=cfg.to_params(), diagnostics=diag, state={"mean": mean})
 
-    def transform(
-        self,
-        concepts: Float[Tensor, "k d"],
-        z: Float[Tensor, "m d"],
-        params: PCAConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m k"]:
+    def transform(self, concepts: Concepts, z: Rows, params: PCAConfig | Mapping[str, Any], state: State) -> Codes:
         """Projection of the centred rows ``(z - mean) Uᵀ`` (no mean for given concepts); `reconstruct` adds it back."""
         return einsum(self.centred(z, state), concepts, "m d, k d -> m k")

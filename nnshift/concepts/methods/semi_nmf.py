@@ -13,9 +13,13 @@ from torch import Tensor
 
 from nnshift.concepts import _solvers as S
 from nnshift.concepts.methods.base import (
+    Codes,
     ConceptMethod,
+    Concepts,
     FitResult,
     MethodConfig,
+    Rows,
+    State,
     check_init,
     check_int,
     check_number,
@@ -76,7 +80,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
     name = "semi_nmf"
     config_class = SemiNMFConfig
 
-    def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: SemiNMFConfig | Mapping[str, Any]) -> FitResult:
+    def fit(self, z: Rows, k: int, seed: int, params: SemiNMFConfig | Mapping[str, Any]) -> FitResult:
         """Dispatch to the plain (multiplicative) or sparse (coordinate descent) algorithm."""
         cfg = self.config(params)
         if cfg.relative_sparsity is not None:
@@ -102,7 +106,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
         }
         return FitResult(concepts=u, codes=v, params=cfg.to_params(), diagnostics=diag)
 
-    def _init_codes(self, z: Float[Tensor, "m d"], k: int, gen: torch.Generator, init: Any) -> Float[Tensor, "m k"]:
+    def _init_codes(self, z: Rows, k: int, gen: torch.Generator, init: Any) -> Codes:
         """Positive initial codes for the multiplicative algorithm."""
         m = z.shape[0]
         if init in ("auto", "kmeans"):  # Ding et al.: cluster indicators + 0.2
@@ -120,7 +124,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
             raise ConceptError("init codes must be non-negative", "pass V0 >= 0 (e.g. one-hot + 0.2)")
         return v
 
-    def _fit_plain(self, z: Float[Tensor, "m d"], k: int, gen: torch.Generator, cfg: SemiNMFConfig) -> _Fit:
+    def _fit_plain(self, z: Rows, k: int, gen: torch.Generator, cfg: SemiNMFConfig) -> _Fit:
         v = self._init_codes(z, k, gen, cfg.init)
         zz = S.sqnorm(z)
         eye = torch.eye(k, device=z.device)
@@ -144,7 +148,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
         norms = u.norm(dim=1).clamp_min(1e-12)
         return u / norms[:, None], v * norms[None, :], hist, it, conv
 
-    def _init_atoms(self, z: Float[Tensor, "m d"], k: int, gen: torch.Generator, init: Any) -> Float[Tensor, "k d"]:
+    def _init_atoms(self, z: Rows, k: int, gen: torch.Generator, init: Any) -> Float[Tensor, "k d"]:
         """Unit-norm initial atoms for the sparse algorithm."""
         if init in ("auto", "svd"):
             p_left, _, qt = S.randomized_svd(z, k, gen)
@@ -166,7 +170,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
             return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return S.project_rows_unit_ball(init_tensor("init", init, (k, z.shape[1]), z))
 
-    def _fit_sparse(self, z: Float[Tensor, "m d"], k: int, gen: torch.Generator, cfg: SemiNMFConfig) -> _Fit:
+    def _fit_sparse(self, z: Rows, k: int, gen: torch.Generator, cfg: SemiNMFConfig) -> _Fit:
         u0 = self._init_atoms(z, k, gen, cfg.init)
         return S.sparse_semi_nmf(
             z,
@@ -179,17 +183,11 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
             extrapolate=cfg.extrapolate,
         )
 
-    def transform(
-        self,
-        concepts: Float[Tensor, "k d"],
-        z: Float[Tensor, "m d"],
-        params: SemiNMFConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m k"]:
+    def transform(self, concepts: Concepts, z: Rows, params: SemiNMFConfig | Mapping[str, Any], state: State) -> Codes:
         """Non-negative (sparse, ``λ = sparsity``) least squares codes."""
         return S.nonneg_lasso(z, concepts, float(self.config(params).sparsity))
 
-    def check_concepts(self, concepts: Float[Tensor, "k d"], params: SemiNMFConfig | Mapping[str, Any]) -> None:
+    def check_concepts(self, concepts: Concepts, params: SemiNMFConfig | Mapping[str, Any]) -> None:
         """``relative_sparsity`` needs data: refuse it for given concepts."""
         if self.config(params).relative_sparsity is not None:
             raise ConceptError(
