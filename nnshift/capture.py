@@ -108,7 +108,7 @@ def _adapter_settings(adapter: Any) -> Any:
     return out
 
 
-def _processor_settings(vlm: Any) -> str:
+def _processor_settings(vlm: VLMLike) -> str:
     """SHA-256 of what turns a sample into input ids: chat template, tokenizer, image processor, adapter."""
     import hashlib
     import json
