@@ -12,20 +12,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nnshift.concepts import _solvers as S
-from nnshift.concepts.methods.base import (
-    Codes,
-    ConceptMethod,
-    Concepts,
-    FitResult,
-    MethodConfig,
-    Rows,
-    State,
-    check_init,
-    check_int,
-    check_number,
-    init_tensor,
-    rel_error,
-)
+from nnshift.concepts.methods import base as B
+from nnshift.concepts.methods.base import Codes, ConceptMethod, Concepts, FitResult, MethodConfig, Rows, State
 from nnshift.errors import ConceptError
 
 __all__ = ["KMeansConfig", "KMeansMethod", "KMEANS_ACTIVATIONS"]
@@ -48,10 +36,10 @@ class KMeansConfig(MethodConfig):
             raise ConceptError(
                 f"unknown k-means activation {self.activation!r}", f"use one of {list(KMEANS_ACTIVATIONS)}"
             )
-        check_init("k-means", self.init, ("k-means++", "random"), "[K, D]")
-        check_int("n_init", self.n_init, 1)
-        check_int("max_iter", self.max_iter, 1)
-        check_number("tol", self.tol, allow_zero=True)
+        B.check_init("k-means", self.init, ("k-means++", "random"), "[K, D]")
+        B.check_int("n_init", self.n_init, 1)
+        B.check_int("max_iter", self.max_iter, 1)
+        B.check_number("tol", self.tol, allow_zero=True)
 
 
 class KMeansMethod(ConceptMethod[KMeansConfig]):
@@ -72,7 +60,7 @@ class KMeansMethod(ConceptMethod[KMeansConfig]):
             return S.kmeans_plusplus(x, k, gen)
         if isinstance(init, str) and init == "random":
             return x[torch.randperm(x.shape[0], generator=gen, device=x.device)[:k]].clone()
-        return init_tensor("init", init, (k, x.shape[1]), x) - mean
+        return B.init_tensor("init", init, (k, x.shape[1]), x) - mean
 
     def fit(self, z: Rows, k: int, seed: int, params: KMeansConfig | Mapping[str, Any]) -> FitResult:
         """Best of ``n_init`` seeded runs by inertia."""
@@ -95,7 +83,7 @@ class KMeansMethod(ConceptMethod[KMeansConfig]):
             "inertia": inertia,
             "n_iter": n_iter,
             "converged": conv,
-            "reconstruction_error": rel_error(z, concepts[labels]),
+            "reconstruction_error": B.rel_error(z, concepts[labels]),
             "cluster_sizes": torch.bincount(labels, minlength=k).tolist(),
         }
         return FitResult(concepts=concepts, codes=codes, params=cfg.to_params(), diagnostics=diag)

@@ -11,18 +11,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nnshift.concepts import _solvers as S
-from nnshift.concepts.methods.base import (
-    Codes,
-    ConceptMethod,
-    Concepts,
-    FitResult,
-    MethodConfig,
-    Rows,
-    State,
-    check_int,
-    check_number,
-    rel_error,
-)
+from nnshift.concepts.methods import base as B
+from nnshift.concepts.methods.base import Codes, ConceptMethod, Concepts, FitResult, MethodConfig, Rows, State
 from nnshift.errors import ConceptError
 
 __all__ = ["NMFConfig", "NMFMethod"]
@@ -39,8 +29,8 @@ class NMFConfig(MethodConfig):
     def __post_init__(self) -> None:
         if self.shift not in ("none", "min"):
             raise ConceptError(f"unknown NMF shift {self.shift!r}", "use shift='none' or shift='min'")
-        check_int("max_iter", self.max_iter, 1)
-        check_number("tol", self.tol, allow_zero=True)
+        B.check_int("max_iter", self.max_iter, 1)
+        B.check_number("tol", self.tol, allow_zero=True)
 
 
 def _offset(z: Rows, shift: str) -> Float[Tensor, " d"]:
@@ -94,7 +84,7 @@ class NMFMethod(ConceptMethod[NMFConfig]):
         u = u / norms[:, None]
         v = S.nonneg_lasso(x, u, 0.0)
         hist.append(S.objective(xx, x @ u.t(), u @ u.t(), v, 0.0))
-        diag = {"loss": hist, "n_iter": it, "converged": conv, "reconstruction_error": rel_error(z, v @ u + offset)}
+        diag = {"loss": hist, "n_iter": it, "converged": conv, "reconstruction_error": B.rel_error(z, v @ u + offset)}
         return FitResult(concepts=u, codes=v, params=cfg.to_params(), diagnostics=diag, state={"offset": offset})
 
     def transform(self, concepts: Concepts, z: Rows, params: NMFConfig | Mapping[str, Any], state: State) -> Codes:

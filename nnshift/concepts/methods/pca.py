@@ -9,17 +9,8 @@ from typing import Any
 from einops import einsum
 
 from nnshift.concepts import _solvers as S
-from nnshift.concepts.methods.base import (
-    Codes,
-    ConceptMethod,
-    Concepts,
-    FitResult,
-    MethodConfig,
-    Rows,
-    State,
-    check_int,
-    rel_error,
-)
+from nnshift.concepts.methods import base as B
+from nnshift.concepts.methods.base import Codes, ConceptMethod, Concepts, FitResult, MethodConfig, Rows, State
 from nnshift.errors import ConceptError
 
 __all__ = ["PCAConfig", "PCAMethod"]
@@ -32,7 +23,7 @@ class PCAConfig(MethodConfig):
     n_iter: int = 6
 
     def __post_init__(self) -> None:
-        check_int("n_iter", self.n_iter, 0)
+        B.check_int("n_iter", self.n_iter, 0)
 
 
 class PCAMethod(ConceptMethod[PCAConfig]):
@@ -60,7 +51,7 @@ class PCAMethod(ConceptMethod[PCAConfig]):
         diag = {
             "explained_variance": var.tolist(),
             "explained_variance_ratio": (var / total).tolist() if total > 0 else [0.0] * k,
-            "reconstruction_error": rel_error(z, codes @ qt + mean),
+            "reconstruction_error": B.rel_error(z, codes @ qt + mean),
             "loss": [],
         }
         return FitResult(concepts=qt, codes=codes, params=cfg.to_params(), diagnostics=diag, state={"mean": mean})

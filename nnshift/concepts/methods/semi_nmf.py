@@ -12,20 +12,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nnshift.concepts import _solvers as S
-from nnshift.concepts.methods.base import (
-    Codes,
-    ConceptMethod,
-    Concepts,
-    FitResult,
-    MethodConfig,
-    Rows,
-    State,
-    check_init,
-    check_int,
-    check_number,
-    init_tensor,
-    rel_error,
-)
+from nnshift.concepts.methods import base as B
+from nnshift.concepts.methods.base import Codes, ConceptMethod, Concepts, FitResult, MethodConfig, Rows, State
 from nnshift.errors import ConceptError
 
 __all__ = ["SemiNMFConfig", "SparseSemiNMFConfig", "SemiNMFMethod", "SparseSemiNMFMethod"]
@@ -46,13 +34,13 @@ class SemiNMFConfig(MethodConfig):
     extrapolate: bool = True
 
     def __post_init__(self) -> None:
-        check_number("sparsity", self.sparsity, allow_zero=True)
+        B.check_number("sparsity", self.sparsity, allow_zero=True)
         if self.relative_sparsity is not None:
-            check_number("relative_sparsity", self.relative_sparsity, allow_zero=True)
-        check_init("Semi-NMF", self.init, ("auto", "svd", "kmeans", "random"), "[M, K] (plain) or [K, D] (sparse)")
-        check_int("max_iter", self.max_iter, 1)
-        check_int("inner_sweeps", self.inner_sweeps, 1)
-        check_number("tol", self.tol, allow_zero=True)
+            B.check_number("relative_sparsity", self.relative_sparsity, allow_zero=True)
+        B.check_init("Semi-NMF", self.init, ("auto", "svd", "kmeans", "random"), "[M, K] (plain) or [K, D] (sparse)")
+        B.check_int("max_iter", self.max_iter, 1)
+        B.check_int("inner_sweeps", self.inner_sweeps, 1)
+        B.check_number("tol", self.tol, allow_zero=True)
         if not isinstance(self.extrapolate, bool):
             raise ConceptError(f"extrapolate must be True or False, got {self.extrapolate!r}", "pass extrapolate=True")
 
@@ -100,7 +88,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
             "objective": hist[-1],
             "n_iter": n_iter,
             "converged": conv,
-            "reconstruction_error": rel_error(z, v @ u),
+            "reconstruction_error": B.rel_error(z, v @ u),
             "code_density": float((v > 0).float().mean()),
             "seconds": time.perf_counter() - t0,
         }
@@ -119,7 +107,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
             raise ConceptError(
                 "init='svd' is for the sparse Semi-NMF (sparsity > 0)", "use 'auto', 'kmeans' or 'random'"
             )
-        v = init_tensor("init", init, (m, k), z)
+        v = B.init_tensor("init", init, (m, k), z)
         if (v < 0).any():
             raise ConceptError("init codes must be non-negative", "pass V0 >= 0 (e.g. one-hot + 0.2)")
         return v
@@ -168,7 +156,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
         if init == "random":
             rows = z[torch.randperm(z.shape[0], generator=gen, device=z.device)[:k]]
             return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return S.project_rows_unit_ball(init_tensor("init", init, (k, z.shape[1]), z))
+        return S.project_rows_unit_ball(B.init_tensor("init", init, (k, z.shape[1]), z))
 
     def _fit_sparse(self, z: Rows, k: int, gen: torch.Generator, cfg: SemiNMFConfig) -> _Fit:
         u0 = self._init_atoms(z, k, gen, cfg.init)
