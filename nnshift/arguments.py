@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from nnshift.errors import ArgumentError
 
@@ -18,7 +21,11 @@ __all__ = [
     "check_path",
     "check_str",
     "check_strings",
+    "renamed_keywords",
 ]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @overload
@@ -118,3 +125,33 @@ def check_samples(samples: Any, what: str, *, unique: bool = False) -> list[Any]
             f"{len(dup)} sample id(s) appear more than once: {dup[:5]}", "give every sample a unique id"
         )
     return items
+
+
+def renamed_keywords(**renames: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorator: each old keyword (``old="new"``) still works, with a `DeprecationWarning` naming the new one.
+
+    Positional calls are unchanged; the old and the new keyword (or the old keyword and the argument given by
+    position) together raise `nnshift.errors.ArgumentError`.
+    """
+
+    def wrap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        order = list(inspect.signature(fn).parameters)
+        where = getattr(fn, "__qualname__", "the function")
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> _R:
+            for old, new in renames.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs or (new in order and order.index(new) < len(args)):
+                    raise ArgumentError(
+                        f"{where}() got both {new}= and its former name {old}=",
+                        f"pass only {new}= ({old}= is its deprecated name)",
+                    )
+                warnings.warn(f"{where}({old}=...) is now {where}({new}=...)", DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return call
+
+    return wrap

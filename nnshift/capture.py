@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, TokenOfInterestError
 from nnshift.generation import ensure_remote_ready, run_generation
-from nnshift.models.protocol import VLMLike
+from nnshift.models.protocol import VLMLike, check_vlm, token_batch
 from nnshift.options import Remote, RunOptions, batched, run_options
 from nnshift.positions import Generated, Selector, SelectorLike, TokenOfInterest, as_selector, find_word_token
 from nnshift.store import Activations, ActivationStore, prompt_rows, row_id, sample_id_of
@@ -107,7 +108,7 @@ def _adapter_settings(adapter: Any) -> Any:
     return out
 
 
-def _processor_settings(vlm: Any) -> str:
+def _processor_settings(vlm: VLMLike) -> str:
     """SHA-256 of what turns a sample into input ids: chat template, tokenizer, image processor, adapter."""
     import hashlib
     import json
@@ -189,17 +190,22 @@ class _Rows:
         return {f"layer_{layer}": torch.cat(v) if v else torch.zeros(0, dim) for layer, v in self.tensors.items()}
 
 
-def _rows_from_generation(
-    vlm: Any,
-    batch: Sequence[Sample],
-    selector: Any,
-    layers: list[int],
-    reduce: str | None,
-    rows: _Rows,
-    dtype: Any,
-    options: RunOptions,
-) -> None:
-    run = run_generation(vlm, vlm.prepare(batch), options.max_new_tokens, layers=layers, remote=options.remote)
+@dataclass(frozen=True)
+class _Job:
+    """What every batch of one capture shares: the model, the selector, the layers and the run settings."""
+
+    vlm: VLMLike
+    selector: Selector
+    layers: list[int]
+    reduce: str | None
+    dtype: torch.dtype
+    options: RunOptions
+
+
+def _rows_from_generation(job: _Job, batch: Sequence[Sample], rows: _Rows) -> None:
+    """Rows of a batch whose selector needs the model's own answer (token of interest, generated tokens)."""
+    vlm, selector, layers, reduce, dtype = job.vlm, job.selector, job.layers, job.reduce, job.dtype
+    run = run_generation(vlm, vlm.prepare(batch), job.options.max_new_tokens, layers=layers, remote=job.options.remote)
     n_steps = len(run.states[layers[0]])
     for b, sample in enumerate(batch):
         answer_ids = run.tokens[b]
@@ -228,29 +234,21 @@ def _rows_from_generation(
                 rows.add(vecs, row_id(sample.id, f"g{t - 1}"), sample, answer, {**base_meta, "answer_token": t - 1})
 
 
-def _rows_from_forward(
-    vlm: Any,
-    batch: Sequence[Sample],
-    selector: Any,
-    layers: list[int],
-    reduce: str | None,
-    rows: _Rows,
-    dtype: Any,
-    options: RunOptions,
-) -> None:
-    remote = options.remote
+def _rows_from_forward(job: _Job, batch: Sequence[Sample], rows: _Rows) -> None:
+    """Rows of a batch whose selector reads prompt positions (one forward pass)."""
+    vlm, layers, dtype, remote = job.vlm, job.layers, job.dtype, job.options.remote
     if remote:
         ensure_remote_ready()
     inputs = vlm.prepare(batch)
-    attn = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
-    mask = selector.prefill_mask(attn.cpu(), vlm.image_token_mask(inputs["input_ids"]).cpu())
-    dev_mask = mask.to(inputs["input_ids"].device)
+    ids, attn = token_batch(inputs)
+    mask = job.selector.prefill_mask(attn.cpu(), vlm.image_token_mask(ids).cpu())
+    dev_mask = mask.to(ids.device)
     with vlm.model.trace(dict(inputs), remote=remote):
         saved: Any = list().save()  # type: ignore[attr-defined]  # nnsight's saved list
         for layer in layers:
             saved.append(vlm.get_resid(layer)[dev_mask].detach().cpu())
     flat = {layer: s.to(dtype) for layer, s in zip(layers, saved, strict=True)}
-    layout = prompt_rows(mask, attn, batch, reduce)
+    layout = prompt_rows(mask, attn, batch, job.reduce)
     kept = {sample.id for _, sample, _, _ in layout}
     rows.skipped.extend(s.id for s in batch if s.id not in kept)
     for rid, sample, meta, part in layout:
@@ -259,7 +257,7 @@ def _rows_from_forward(
 
 
 def _assemble(
-    vlm: Any,
+    vlm: VLMLike,
     samples: list[Sample],
     layers: list[int],
     key: dict[str, Any],
@@ -294,7 +292,7 @@ def _assemble(
 
 
 def capture(
-    vlm: Any,
+    vlm: VLMLike,
     samples: Iterable[Sample],
     layer: int | Sequence[int] = -1,
     at: SelectorLike = "last_prompt",
@@ -324,6 +322,7 @@ def capture(
     32 new tokens, a progress bar, local; ``options=`` (a `RunOptions`) sets them at once, explicit keywords
     win over it.
     """
+    check_vlm(vlm, "capture()")
     opts = run_options(
         options,
         _CAPTURE_DEFAULTS,
@@ -410,8 +409,9 @@ def _capture_run(
         leave=True,
         postfix=postfix,
     )
+    job = _Job(vlm, selector, layers, reduce, dtype, opts)
     for _, batch in loop:
-        build(vlm, batch, selector, layers, reduce, rows, dtype, opts)
+        build(job, batch, rows)
         pending += len(batch)
         if pending >= shard_size:
             counts["kept"] += len(rows.ids)

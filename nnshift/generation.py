@@ -14,7 +14,7 @@ from torch import Tensor
 from nnshift.arguments import check_samples
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, PositionError
-from nnshift.models.protocol import VLMLike
+from nnshift.models.protocol import VLMLike, check_vlm
 from nnshift.options import Remote, RunOptions, batched, run_options
 
 if TYPE_CHECKING:
@@ -140,6 +140,7 @@ def generate(
     Defaults: 20 new tokens, batches of 16, a progress bar, local; ``options=`` (a `RunOptions`) sets them
     all at once and explicit keywords win over it. ``remote=True`` runs each batch on NDIF.
     """
+    check_vlm(vlm, "generate()")
     opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
     samples = check_samples(samples, "generate()")
     if edit is not None and not callable(edit):
@@ -151,7 +152,7 @@ def generate(
     return answers
 
 
-def _check_steer_inputs(vlm: Any, samples: Sequence[Sample], patch: Patch | PatchSet) -> int | None:
+def _check_steer_inputs(vlm: VLMLike, samples: Sequence[Sample], patch: Patch | PatchSet) -> int | None:
     """Validate a patch against the model and the samples (before any forward pass); its per-sample size."""
     if not (hasattr(patch, "bind") and hasattr(patch, "patches")):
         hint = "build one with vec.patch(alpha) (a SteeringVector is not a patch)"
@@ -189,6 +190,7 @@ def steer(
     given for all samples and sliced per batch. Everything is validated before the first forward pass.
     ``remote=True`` runs each batch on NDIF (see docs/remote.md).
     """
+    check_vlm(vlm, "steer()")
     opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
     samples = check_samples(samples, "steer()")
     n = _check_steer_inputs(vlm, samples, patch)

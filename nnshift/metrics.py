@@ -14,7 +14,8 @@ A is empty** (an empty grounding shares no word), so `t_overlap` never returns N
 with an empty grounding gets the value ``empty`` (NaN by default: "not measured", so that means, correlations and
 the dynamics rule skip it instead of counting a 0; pass ``empty=0.0`` for T-Overlap's own value).
 
-This module sits just above `nnshift.store`: it imports no other nnshift module than `errors` and `store`.
+This module sits just above `nnshift.store`: it imports no other nnshift module than `errors`, `store` and
+`arguments`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from nnshift.arguments import renamed_keywords
 from nnshift.errors import ConceptError, EmptyInputError, HiddenSizeMismatchError, NnshiftError, NonFiniteError
 from nnshift.store import Activations, as_matrix
 
@@ -103,9 +105,10 @@ def matrix(x: Any, name: str = "activations", *, promote: bool = True) -> Float[
     return t.to(work_dtype(t)) if promote else t
 
 
+@renamed_keywords(dico="dictionary")
 def concept_matrix(
-    dico: Any,
-    name: str = "dico",
+    dictionary: Any,
+    name: str = "dictionary",
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     *,
@@ -116,11 +119,11 @@ def concept_matrix(
     Returned in ``dtype`` (default: float32 or wider) on ``device`` (default: where they are). Anything that is not
     such a matrix raises ``error`` (`ConceptError` by default; steering passes `SteeringError`).
     """
-    u = dico if isinstance(dico, Tensor) else getattr(dico, "concepts", None)
+    u = dictionary if isinstance(dictionary, Tensor) else getattr(dictionary, "concepts", None)
     if not isinstance(u, Tensor) or u.ndim != 2:
         raise error(
             f"{name} must be a concept dictionary (an object with a [K, D] .concepts tensor) or a [K, D] tensor, "
-            f"got {type(dico).__name__}",
+            f"got {type(dictionary).__name__}",
             "build it with ns.concepts.fit(acts, k=..., method=...) or ConceptDictionary.from_concepts(U)",
         )
     if u.shape[0] == 0:
@@ -169,14 +172,17 @@ def cosine_rows(x: Float[Tensor, "*b d"], y: Float[Tensor, "*b d"]) -> Float[Ten
 # samples and concepts
 
 
-def concept_scores(dico: ConceptDictionaryLike, x: Float[Tensor, "m d"], name: str = "dico") -> Float[Tensor, "m k"]:
-    """How strongly each row expresses each concept: ``dico.scores(x)`` when it exists, else ``|dico.transform(x)|``.
+@renamed_keywords(dico="dictionary")
+def concept_scores(
+    dictionary: ConceptDictionaryLike, x: Float[Tensor, "m d"], name: str = "dictionary"
+) -> Float[Tensor, "m k"]:
+    """How strongly each row expresses each concept: ``dictionary.scores(x)`` if it exists, else ``|transform(x)|``.
 
     For sign-free methods this is ``|v|``; for k-means every activation variant is a similarity, so its argmax is
     the nearest centroid (``|v|`` would pick the farthest one for ``activation="neg_distance"``).
     """
-    scores = getattr(dico, "scores", None)
-    v = torch.as_tensor(scores(x) if callable(scores) else dico.transform(x).abs())
+    scores = getattr(dictionary, "scores", None)
+    v = torch.as_tensor(scores(x) if callable(scores) else dictionary.transform(x).abs())
     if v.ndim != 2 or v.shape[0] != x.shape[0]:
         raise ConceptError(
             f"{name}.transform returned shape {tuple(v.shape)} for {x.shape[0]} samples",
@@ -199,29 +205,31 @@ def top_rows(scores: Float[Tensor, "m k"], n: int) -> Int[Tensor, "k n"]:
     return rearrange(scores.topk(n, dim=0).indices, "n k -> k n").contiguous()
 
 
-def _checked_scores(dico: ConceptDictionaryLike, x: Float[Tensor, "m d"]) -> Float[Tensor, "m k"]:
+def _checked_scores(dictionary: ConceptDictionaryLike, x: Float[Tensor, "m d"]) -> Float[Tensor, "m k"]:
     """`concept_scores` of checked activations, after checking that the dictionary has their hidden size."""
-    u = concept_matrix(dico, "dico", device=x.device)
+    u = concept_matrix(dictionary, "dictionary", device=x.device)
     if u.shape[1] != x.shape[1]:
         raise HiddenSizeMismatchError(
-            f"dico has hidden size {u.shape[1]} but the activations have {x.shape[1]}",
+            f"the dictionary has hidden size {u.shape[1]} but the activations have {x.shape[1]}",
             "fit each dictionary on activations captured at the same layer as the ones you analyse",
         )
-    return concept_scores(dico, x, "dico")
+    return concept_scores(dictionary, x, "dictionary")
 
 
-def assign_samples(dico: ConceptDictionaryLike, acts: Activations | Float[Tensor, "m d"]) -> Int[Tensor, " m"]:
+@renamed_keywords(dico="dictionary")
+def assign_samples(dictionary: ConceptDictionaryLike, acts: Activations | Float[Tensor, "m d"]) -> Int[Tensor, " m"]:
     """``A_k`` membership: ``argmax_k`` of `concept_scores` (``|v_k(x_m)|``; for k-means the nearest centroid)."""
-    return assign(_checked_scores(dico, matrix(acts, "acts")))
+    return assign(_checked_scores(dictionary, matrix(acts, "acts")))
 
 
+@renamed_keywords(dico="dictionary")
 def most_activating(
-    dico: ConceptDictionaryLike, acts: Activations | Float[Tensor, "m d"], n: int
+    dictionary: ConceptDictionaryLike, acts: Activations | Float[Tensor, "m d"], n: int
 ) -> Int[Tensor, "k n"]:
     """Row indices of the ``n`` samples with the largest score (``|v_k(x)|``, k-means: similarity) per concept."""
     x = matrix(acts, "acts")
     n = check_top_n(n, x.shape[0])
-    return top_rows(_checked_scores(dico, x), n)
+    return top_rows(_checked_scores(dictionary, x), n)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

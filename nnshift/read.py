@@ -22,7 +22,7 @@ from torch import Tensor
 from nnshift._version import versions
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, PositionError
-from nnshift.models.protocol import VLMLike
+from nnshift.models.protocol import VLMLike, check_vlm, token_batch
 from nnshift.positions import Selector, SelectorLike, as_selector
 from nnshift.store import Activations, prompt_rows
 
@@ -41,10 +41,8 @@ def _forward_selector(at: SelectorLike) -> Selector:
 
 def selection_mask(vlm: VLMLike, at: SelectorLike, inputs: Mapping[str, Tensor]) -> Bool[Tensor, "b s"]:
     """The [batch, seq] mask of the prompt positions ``at`` selects in ``inputs`` (as `ns.capture` selects them)."""
-    if "input_ids" not in inputs:
-        raise EmptyInputError("inputs has no 'input_ids'", "pass what vlm.prepare(samples) returned")
-    ids = inputs["input_ids"]
-    attn = inputs.get("attention_mask", torch.ones_like(ids))
+    check_vlm(vlm, "selection_mask()")
+    ids, attn = token_batch(inputs)
     return _forward_selector(at).prefill_mask(attn.cpu(), vlm.image_token_mask(ids).cpu())
 
 
@@ -53,6 +51,7 @@ def read(vlm: VLMLike, layer: int, at: SelectorLike = "last_prompt", *, inputs: 
 
     After the trace the result is a ``[rows, hidden]`` tensor, rows in batch order then position order.
     """
+    check_vlm(vlm, "read()")
     mask = selection_mask(vlm, at, inputs).to(inputs["input_ids"].device)
     return vlm.get_resid(layer)[mask].detach().cpu().save()
 
@@ -69,6 +68,7 @@ def read_activations(
     dtype: torch.dtype = torch.float32,
 ) -> Activations:
     """Turn what `read` returned into `Activations` with capture's rows, ids and provenance."""
+    check_vlm(vlm, "read_activations()")
     if reduce not in (None, "mean"):
         raise PositionError(f"unknown reduce {reduce!r}", "use reduce=None or reduce='mean'")
     samples = list(samples)
@@ -82,8 +82,7 @@ def read_activations(
             f"read tensor of shape {tuple(tensor.shape)}; expected [{int(mask.sum())}, {vlm.hidden_size}]",
             "pass the tensor ns.read returned for these inputs and this selector",
         )
-    attn = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
-    layout = prompt_rows(mask, attn, samples, reduce)
+    layout = prompt_rows(mask, token_batch(inputs)[1], samples, reduce)
     rows = [tensor[s].float().mean(0).to(dtype) for _, _, _, s in layout]
     from nnshift.capture import store_key
 
@@ -129,6 +128,7 @@ def cache_activations(
 
     Rows, ids and provenance are `ns.capture`'s; ``layer`` counts decoder blocks as nnshift does.
     """
+    check_vlm(vlm, "cache_activations()")
     resid = _cache_entry(cache, layer, vlm.n_layers)
     mask = selection_mask(vlm, at, inputs)
     if resid.shape[:2] != mask.shape:

@@ -550,3 +550,18 @@ def test_empty_grounding_gives_nan_overlap_and_no_refined_label():
     rep = shift.analyze(a, b, make_dico(u_a), make_dico(u_b), ground=ground, thresholds=th)
     assert math.isnan(rep.t_overlap_original[0]) and rep.t_overlap_original[1] == 100.0
     assert rep.dynamics[0] == "changed" and rep.dynamics[1] == "refined"
+
+
+def test_per_concept_rows():
+    """ShiftReport.per_concept: one row per concept, each value read from the report's own tensors."""
+    a, b, u_a, u_b = make_world(3)
+    rep = shift.analyze(a, b, make_dico(u_a), make_dico(u_b))
+    rows = rep.per_concept()
+    assert [r["concept"] for r in rows] == list(range(rep.k))
+    for c, r in enumerate(rows):
+        m = int(rep.matching[c])
+        assert r["match"] == m and r["dynamics"] == rep.dynamics[c]
+        assert r["cos original"] == pytest.approx(np_cos(u_a[c].numpy(), u_b[m].numpy()), abs=1e-5)
+        assert r["cos shifted"] == float(rep.recovery_shifted[c])
+        assert r["consistency"] == float(rep.consistency[c]) or math.isnan(float(rep.consistency[c]))
+        assert r["magnitude"] == pytest.approx(float(rep.shift_vectors[c].norm()), rel=1e-5)

@@ -106,18 +106,7 @@ def _shift(rep: Any, run: Path) -> dict[str, Any]:
     summary = report.summary()
     sec = rep.section(f"shift: {run.name}")
     sec.tables.append(("summary", [_flat(summary)]))
-    per_concept = [
-        {
-            "concept": c,
-            "match": int(report.matching[c]),
-            "cos original": float(report.recovery_original[c]),
-            "cos shifted": float(report.recovery_shifted[c]),
-            "consistency": float(report.consistency[c]),
-            "dynamics": report.dynamics[c],
-        }
-        for c in range(report.k)
-    ]
-    sec.tables.append(("per concept", per_concept))
+    sec.tables.append(("per concept", report.per_concept()))
     return summary
 
 

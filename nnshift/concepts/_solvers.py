@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from einops import einsum
+from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -156,7 +156,7 @@ def randomized_svd(
     idx = qt.abs().argmax(dim=1)
     signs = torch.sign(qt.gather(1, idx[:, None]).squeeze(1))
     signs[signs == 0] = 1.0
-    return p * signs, s, qt * signs[:, None]
+    return p * signs, s, qt * rearrange(signs, "k -> k 1")
 
 
 def sq_distances(

@@ -14,6 +14,7 @@ from nnshift import metrics
 from nnshift.artifacts import write_artifact
 from nnshift.concepts.methods import ConceptMethod, available_methods, get_method
 from nnshift.errors import ArtifactError, ConceptError, HiddenSizeMismatchError
+from nnshift.models.protocol import LensLike
 from nnshift.saved import check_finite, load_saved, typed_field
 from nnshift.store import Activations
 
@@ -188,7 +189,7 @@ class ConceptDictionary:
         return metrics.assign(self.scores(acts))
 
     # ------------------------------------------------------------------ grounding
-    def ground_text(self, vlm: Any, top: int = 15, pre_top: int = 200, **kwargs: Any) -> list[list[str]]:
+    def ground_text(self, vlm: LensLike, top: int = 15, pre_top: int = 200, **kwargs: Any) -> list[list[str]]:
         """Words of each concept decoded through the model's final norm and unembedding (see grounding)."""
         from nnshift.concepts.grounding import ground_text
 

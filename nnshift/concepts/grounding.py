@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from nnshift.arguments import renamed_keywords
 from nnshift.concepts.dictionary import ConceptDictionary
 from nnshift.concepts.methods import get_method
 from nnshift.errors import ConceptError, EmptyInputError, HiddenSizeMismatchError
@@ -190,12 +192,13 @@ class TopSamples:
         return self.ids[concept]
 
 
-def top_samples(dico: ConceptDictionary, acts: Activations | Float[Tensor, "m d"], n: int = 5) -> TopSamples:
+@renamed_keywords(dico="dictionary")
+def top_samples(dictionary: ConceptDictionary, acts: Activations | Float[Tensor, "m d"], n: int = 5) -> TopSamples:
     """Per concept, the ``n`` rows with the highest score ``|v_k|`` (k-means: similarity): ids + activations."""
     n_eff = check_top_n(n, matrix(acts, "acts", promote=False).shape[0])
-    v = dico.transform(acts)
-    idx = top_rows(get_method(dico.method).scores(v, dico.params), n_eff)  # [K, n], best first
-    vals = v.t().gather(1, idx)
+    v = dictionary.transform(acts)
+    idx = top_rows(get_method(dictionary.method).scores(v, dictionary.params), n_eff)  # [K, n], best first
+    vals = rearrange(v, "m k -> k m").gather(1, idx)
     if isinstance(acts, Activations):
         ids = [[acts.ids[i] for i in row] for row in idx.cpu().tolist()]
         samples = [[acts.samples[i] for i in row] for row in idx.cpu().tolist()] if acts.samples is not None else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nnshift.models.adapter import ModelAdapter
 from nnshift.models.loading import VLM, load
-from nnshift.models.protocol import VLMLike
+from nnshift.models.protocol import LensLike, VLMLike, check_vlm
 from nnshift.models.registry import (
     register_adapter,
     registered_adapters,
@@ -14,7 +14,9 @@ from nnshift.models.registry import (
 
 __all__ = [
     "VLM",
+    "LensLike",
     "VLMLike",
+    "check_vlm",
     "ModelAdapter",
     "load",
     "register_adapter",

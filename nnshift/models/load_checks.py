@@ -19,16 +19,16 @@ from nnshift.errors import (
 )
 
 __all__ = [
+    "DeviceError",
+    "LoraAdapterError",
+    "ModelConfigError",
     "ModelLoadError",
     "ModelNotFoundError",
-    "ModelConfigError",
     "ModelWeightsError",
-    "LoraAdapterError",
-    "DeviceError",
-    "looks_local",
-    "check_model_folder",
-    "check_lora_folder",
     "check_device",
+    "check_lora_folder",
+    "check_model_folder",
+    "looks_local",
     "read_config",
 ]
 
@@ -127,19 +127,34 @@ def _check_weights(folder: Path, name: str) -> None:
             _check_safetensors(p)
 
 
+def _config_path(
+    folder: Path, name: str, files: tuple[str, str], error: type[ModelLoadError], mixup: tuple[str, str], hint: str
+) -> Path:
+    """``folder / files[0]``; a folder with ``files[1]`` instead is the other kind (``mixup``: what it is, hint)."""
+    want, other = files
+    if (folder / want).is_file():
+        return folder / want
+    if (folder / other).is_file():
+        raise error(f"{name} is {mixup[0]} ({other}, no {want})", mixup[1])
+    raise error(f"{name} has no {want}", hint)
+
+
 def check_model_folder(name: str, *, need_weights: bool = True) -> Path | None:
     """Validate a local model folder (config.json, weights); None when `name` is a hub id."""
     folder = _existing_folder(name, "model")
     if folder is None:
         return None
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        if (folder / "adapter_config.json").is_file():
-            raise ModelConfigError(
-                f"{name} is a LoRA adapter folder, not a model folder (adapter_config.json, no config.json)",
-                "load it on its base model: ns.load(base_model, lora=" + repr(name) + ")",
-            )
-        raise ModelConfigError(f"{name} has no config.json", "point to the folder save_pretrained wrote the model to")
+    config_path = _config_path(
+        folder,
+        name,
+        ("config.json", "adapter_config.json"),
+        ModelConfigError,
+        (
+            "a LoRA adapter folder, not a model folder",
+            "load it on its base model: ns.load(base_model, lora=" + repr(name) + ")",
+        ),
+        "point to the folder save_pretrained wrote the model to",
+    )
     config = _read_json(config_path, "config.json")
     if not isinstance(config.get("model_type"), str):
         raise ModelConfigError(
@@ -156,14 +171,14 @@ def check_lora_folder(lora: str) -> tuple[Path | None, dict[str, Any]]:
     folder = _existing_folder(lora, "LoRA adapter")
     if folder is None:
         return None, {}
-    config_path = folder / "adapter_config.json"
-    if not config_path.is_file():
-        if (folder / "config.json").is_file():
-            raise LoraAdapterError(
-                f"{lora} is a full model folder, not a LoRA adapter (config.json, no adapter_config.json)",
-                "load it as the model: ns.load(" + repr(lora) + ")",
-            )
-        raise LoraAdapterError(f"{lora} has no adapter_config.json", "save the adapter with peft_model.save_pretrained")
+    config_path = _config_path(
+        folder,
+        lora,
+        ("adapter_config.json", "config.json"),
+        LoraAdapterError,
+        ("a full model folder, not a LoRA adapter", "load it as the model: ns.load(" + repr(lora) + ")"),
+        "save the adapter with peft_model.save_pretrained",
+    )
     config = _read_json(config_path, "adapter_config.json")
     if not isinstance(config.get("peft_type"), str):
         raise ModelConfigError(f"{config_path} has no peft_type", "rewrite it with peft_model.save_pretrained")

@@ -33,7 +33,7 @@ from nnshift.models.building import architectures_of as _architectures_of
 from nnshift.models.generic import adapter_for  # the registry's, else the generic adapter for image-text models
 from nnshift.models.load_checks import check_device, check_model_folder, read_config
 from nnshift.models.lora import LoraRequest, LoraSwitch, check_lora_shapes, meta_model
-from nnshift.models.processors import render_chat
+from nnshift.models.processors import processor_with, render_chat
 from nnshift.models.registry import REGISTER_HINT
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def load(
     if isinstance(model, (str, Path)):
         check_model_folder(str(model), need_weights=dispatch)
     if processor_options:
-        processor = _processor_with(model, processor, processor_options)
+        processor = processor_with(model, processor, processor_options)
     lora_req = LoraRequest(lora, merge)
     with quiet_loading(verbose):
         if isinstance(model, Envoy):
@@ -103,27 +103,6 @@ def load(
         if isinstance(model, nn.Module):
             return _load_module(model, lora_req, adapter, dtype_value, tokenizer, processor)
         return _load_path(str(model), lora_req, adapter, load_kwargs, tokenizer, processor, dispatch)
-
-
-def _processor_with(model: Any, processor: Any, options: dict[str, Any]) -> Any:
-    """The model's processor loaded with ``options`` (e.g. image sizes), from its folder or hub id."""
-    from nnshift.errors import ArgumentError
-    from nnshift.models.processors import load_processor
-
-    if processor is not None:
-        raise ArgumentError("both processor= and processor_options= given", "pass the options or a built processor")
-    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
-        raise ArgumentError(f"processor_options must be a dict of names, got {options!r}", "e.g. {'max_pixels': 1024}")
-    module = getattr(model, "_module", model)
-    source = (
-        str(model) if isinstance(model, (str, Path)) else getattr(getattr(module, "config", None), "name_or_path", "")
-    )
-    if not source:
-        raise ArgumentError(
-            "processor_options= needs a folder or hub id to load the processor from",
-            "pass processor=AutoProcessor.from_pretrained(path, **options) instead",
-        )
-    return load_processor(source, **options)
 
 
 def _load_envoy(model: Any, lora: LoraRequest, adapter: ModelAdapter | None) -> VLM:
@@ -498,7 +477,7 @@ class VLM(LoraSwitch):
                 logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def decode(self, ids: Tensor | Sequence[int]) -> str:
+    def decode(self, ids: Int[Tensor, ...] | Sequence[int]) -> str:
         """Token ids -> text, special tokens skipped, whitespace stripped."""
         if isinstance(ids, Tensor):
             ids = ids.reshape(-1).tolist()

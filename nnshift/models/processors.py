@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from transformers import ProcessorMixin
 
-__all__ = ["image_only_processor", "load_processor", "render_chat"]
+__all__ = ["image_only_processor", "load_processor", "processor_with", "render_chat"]
 
 # one lenient subclass per processor class (a dict, not functools.cache: mypy does not see classes as Hashable)
 _LENIENT: dict[type[ProcessorMixin], type[ProcessorMixin]] = {}
@@ -102,3 +102,23 @@ def render_chat(owner: Any, tokenizer: Any, messages: list[dict[str, Any]], add_
         return tokenizer.apply_chat_template(
             messages, chat_template=owner.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+
+
+def processor_with(model: Any, processor: Any, options: dict[str, Any]) -> Any:
+    """The model's processor loaded with ``options`` (e.g. image sizes), from its folder or hub id."""
+    from nnshift.errors import ArgumentError
+
+    if processor is not None:
+        raise ArgumentError("both processor= and processor_options= given", "pass the options or a built processor")
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ArgumentError(f"processor_options must be a dict of names, got {options!r}", "e.g. {'max_pixels': 1024}")
+    module = getattr(model, "_module", model)
+    source = (
+        str(model) if isinstance(model, (str, Path)) else getattr(getattr(module, "config", None), "name_or_path", "")
+    )
+    if not source:
+        raise ArgumentError(
+            "processor_options= needs a folder or hub id to load the processor from",
+            "pass processor=AutoProcessor.from_pretrained(path, **options) instead",
+        )
+    return load_processor(source, **options)

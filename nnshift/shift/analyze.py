@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from nnshift.arguments import check_int
+from nnshift.arguments import check_int, renamed_keywords
 from nnshift.errors import ArgumentError, ConceptError
 from nnshift.metrics import (
     ConceptDictionaryLike,
@@ -30,6 +30,7 @@ from nnshift.metrics import (
     text_overlap,
     top_rows,
 )
+from nnshift.models.protocol import LensLike
 from nnshift.shift.checks import ActsA, ActsB, Grounder, check_alpha, check_dictionaries, pair_matrices
 from nnshift.shift.metrics import (
     DynamicsThresholds,
@@ -113,50 +114,53 @@ def _fields(stage: Any) -> dict[str, Any]:
     return {f.name: getattr(stage, f.name) for f in dataclasses.fields(stage)}
 
 
-def shifted_dictionary(dico_a: ConceptDictionaryLike, shifted: Float[Tensor, "k d"]) -> ConceptDictionaryLike:
-    """dico_a with its concepts replaced by the shifted ones: same method, parameters (e.g. sparsity) and state."""
-    if dataclasses.is_dataclass(dico_a) and not isinstance(dico_a, type):
-        names = {f.name for f in dataclasses.fields(dico_a)}
+@renamed_keywords(dico_a="dictionary_a")
+def shifted_dictionary(dictionary_a: ConceptDictionaryLike, shifted: Float[Tensor, "k d"]) -> ConceptDictionaryLike:
+    """dictionary_a with its concepts replaced by the shifted ones: same method, parameters (e.g. sparsity) and state."""
+    if dataclasses.is_dataclass(dictionary_a) and not isinstance(dictionary_a, type):
+        names = {f.name for f in dataclasses.fields(dictionary_a)}
         if "concepts" in names:
-            u = shifted.to(dtype=dico_a.concepts.dtype)
-            return dataclasses.replace(dico_a, concepts=u, **({"codes": None} if "codes" in names else {}))
-    make = getattr(type(dico_a), "from_concepts", None)
+            u = shifted.to(dtype=dictionary_a.concepts.dtype)
+            return dataclasses.replace(dictionary_a, concepts=u, **({"codes": None} if "codes" in names else {}))
+    make = getattr(type(dictionary_a), "from_concepts", None)
     if make is None:
         raise ConceptError(
-            f"{type(dico_a).__name__} has no from_concepts: cannot build the shifted dictionary",
+            f"{type(dictionary_a).__name__} has no from_concepts: cannot build the shifted dictionary",
             "pass an nnshift.concepts.ConceptDictionary",
         )
-    return make(shifted, method=dico_a.method)
+    return make(shifted, method=dictionary_a.method)
 
 
 def _inputs(
     acts_a: ActsA,
     acts_b: ActsB,
-    dico_a: ConceptDictionaryLike,
-    dico_b: ConceptDictionaryLike,
+    dictionary_a: ConceptDictionaryLike,
+    dictionary_b: ConceptDictionaryLike,
     alpha: Any,
     n_mas: int,
     same_model_ok: bool = False,
 ) -> _Inputs:
     """Stage 1: every input checked before any work."""
     a, b, ids = pair_matrices(acts_a, acts_b, same_model_ok=same_model_ok)
-    u_a = concept_matrix(dico_a, "dico_a", a.device, a.dtype)
-    u_b = concept_matrix(dico_b, "dico_b", a.device, a.dtype)
+    u_a = concept_matrix(dictionary_a, "dictionary_a", a.device, a.dtype)
+    u_b = concept_matrix(dictionary_b, "dictionary_b", a.device, a.dtype)
     check_dictionaries(u_a, u_b, a.shape[1])
     return _Inputs(a, b, ids, u_a, u_b, check_alpha(alpha), check_top_n(n_mas, a.shape[0]))
 
 
-def _scores_a(dico_a: ConceptDictionaryLike, x: _Inputs) -> Float[Tensor, "m k"]:
-    """``dico_a``'s scores of the original activations, with one column per concept."""
-    v_a = concept_scores(dico_a, x.a, "dico_a")
+def _scores_a(dictionary_a: ConceptDictionaryLike, x: _Inputs) -> Float[Tensor, "m k"]:
+    """``dictionary_a``'s scores of the original activations, with one column per concept."""
+    v_a = concept_scores(dictionary_a, x.a, "dictionary_a")
     k = x.concepts_a.shape[0]
     if v_a.shape[1] != k:
-        raise ConceptError(f"dico_a.transform returned {v_a.shape[1]} activations for K = {k}", "check dico_a")
+        raise ConceptError(
+            f"dictionary_a.transform returned {v_a.shape[1]} activations for K = {k}", "check dictionary_a"
+        )
     return v_a
 
 
 def _shift_stage(x: _Inputs, scores_a: Float[Tensor, "m k"]) -> _ShiftStage:
-    """Stage 2: ``A_k`` (argmax of dico_a's scores), ``Δ_k``, ``u^s_k = u^a_k + α Δ_k`` and the consistencies."""
+    """Stage 2: ``A_k`` (argmax of dictionary_a's scores), ``Δ_k``, ``u^s_k = u^a_k + α Δ_k`` and the consistencies."""
     assignment = assign(scores_a)
     st = shift_stats(x.b - x.a, assignment, x.concepts_a.shape[0])
     return _ShiftStage(
@@ -187,18 +191,18 @@ def _recovery_stage(x: _Inputs, shifted: Float[Tensor, "k d"]) -> _RecoveryStage
 
 def _sample_stage(
     x: _Inputs,
-    dicos: tuple[ConceptDictionaryLike, ConceptDictionaryLike],
+    dictionaries: tuple[ConceptDictionaryLike, ConceptDictionaryLike],
     scores_a: Float[Tensor, "m k"],
     shifted: Float[Tensor, "k d"],
     matching: Int[Tensor, " k"],
 ) -> _SampleStage:
     """Stage 4: the most-activating samples of ``U^a`` (on a), ``U^b`` and ``U^s`` (on b) and their overlaps."""
-    dico_a, dico_b = dicos
+    dictionary_a, dictionary_b = dictionaries
     n = x.n_mas
     mas_o = top_rows(scores_a, n)
-    mas_b = top_rows(concept_scores(dico_b, x.b, "dico_b"), n)
-    dico_s = shifted_dictionary(dico_a, shifted)
-    mas_s = top_rows(concept_scores(dico_s, x.b, "the shifted dictionary"), n)
+    mas_b = top_rows(concept_scores(dictionary_b, x.b, "dictionary_b"), n)
+    dictionary_s = shifted_dictionary(dictionary_a, shifted)
+    mas_s = top_rows(concept_scores(dictionary_s, x.b, "the shifted dictionary"), n)
     return _SampleStage(
         mas_original=mas_o,
         mas_shifted=mas_s,
@@ -243,11 +247,13 @@ def _correlations(sh: _ShiftStage, rec: _RecoveryStage, words: _WordStage) -> di
     return out
 
 
-def _info(acts: tuple[ActsA, ActsB], dicos: tuple[Any, Any], n_mas: int, top_words: int | None) -> dict[str, Any]:
+def _info(
+    acts: tuple[ActsA, ActsB], dictionaries: tuple[Any, Any], n_mas: int, top_words: int | None
+) -> dict[str, Any]:
     """Provenance: both dictionaries' methods, the MAS and word counts, both activation sets' info."""
     return {
-        "method_a": getattr(dicos[0], "method", None),
-        "method_b": getattr(dicos[1], "method", None),
+        "method_a": getattr(dictionaries[0], "method", None),
+        "method_b": getattr(dictionaries[1], "method", None),
         "n_mas": n_mas,
         "top_words": top_words,
         "model_a": acts[0].info if isinstance(acts[0], Activations) else {},
@@ -255,12 +261,12 @@ def _info(acts: tuple[ActsA, ActsB], dicos: tuple[Any, Any], n_mas: int, top_wor
     }
 
 
-def _check_options(thresholds: Any, ground: Any, top_words: Any, dicos: tuple[Any, Any]) -> None:
+def _check_options(thresholds: Any, ground: Any, top_words: Any, dictionaries: tuple[Any, Any]) -> None:
     """``thresholds``, ``ground``, ``top_words`` and the dictionaries of the right kinds (before any work)."""
-    for name, dico in zip(("dico_a", "dico_b"), dicos, strict=True):
-        if not callable(getattr(dico, "scores", None)) and not callable(getattr(dico, "transform", None)):
+    for name, dictionary in zip(("dictionary_a", "dictionary_b"), dictionaries, strict=True):
+        if not callable(getattr(dictionary, "scores", None)) and not callable(getattr(dictionary, "transform", None)):
             raise ConceptError(
-                f"{name} must be a concept dictionary (with .transform), got {type(dico).__name__}",
+                f"{name} must be a concept dictionary (with .transform), got {type(dictionary).__name__}",
                 "fit one with ns.concepts.fit(acts, k=...), or wrap vectors in ConceptDictionary.from_concepts(u)",
             )
     if thresholds is not None and not isinstance(thresholds, DynamicsThresholds):
@@ -270,14 +276,15 @@ def _check_options(thresholds: Any, ground: Any, top_words: Any, dicos: tuple[An
     check_int(top_words, "top_words", 1)
 
 
+@renamed_keywords(dico_a="dictionary_a", dico_b="dictionary_b")
 def analyze(
     acts_a: ActsA,
     acts_b: ActsB,
-    dico_a: ConceptDictionaryLike,
-    dico_b: ConceptDictionaryLike,
+    dictionary_a: ConceptDictionaryLike,
+    dictionary_b: ConceptDictionaryLike,
     alpha: float | int = 1.0,
     *,
-    vlm: Any = None,
+    vlm: LensLike | None = None,
     ground: Grounder | None = None,
     top_words: int = 15,
     n_mas: int = 5,
@@ -291,15 +298,15 @@ def analyze(
     Activations of different layers or selectors, and two captures of one model (unless
     ``same_model_ok=True``), raise `nnshift.errors.ProvenanceError`.
     """
-    _check_options(thresholds, ground, top_words, (dico_a, dico_b))
-    x = _inputs(acts_a, acts_b, dico_a, dico_b, alpha, n_mas, same_model_ok)
+    _check_options(thresholds, ground, top_words, (dictionary_a, dictionary_b))
+    x = _inputs(acts_a, acts_b, dictionary_a, dictionary_b, alpha, n_mas, same_model_ok)
     th = thresholds or DynamicsThresholds()
     if ground is None and vlm is not None:
         ground = vlm_grounder(vlm, top_words)
-    scores_a = _scores_a(dico_a, x)
+    scores_a = _scores_a(dictionary_a, x)
     sh = _shift_stage(x, scores_a)
     rec = _recovery_stage(x, sh.shifted)
-    mas = _sample_stage(x, (dico_a, dico_b), scores_a, sh.shifted, rec.matching)
+    mas = _sample_stage(x, (dictionary_a, dictionary_b), scores_a, sh.shifted, rec.matching)
     words = _word_stage(ground, x, sh.shifted, rec.matching)
     labels, new = classify_dynamics(rec.similarity, rec.matching, sh.counts, words.t_overlap_original, th)
     return ShiftReport(
@@ -311,7 +318,7 @@ def analyze(
         dynamics=labels,
         new=new.to(x.a.device),
         thresholds=th,
-        info=_info((acts_a, acts_b), (dico_a, dico_b), x.n_mas, top_words if ground is not None else None),
+        info=_info((acts_a, acts_b), (dictionary_a, dictionary_b), x.n_mas, top_words if ground is not None else None),
         _ground=ground,
         **_fields(sh),
         **_fields(mas),

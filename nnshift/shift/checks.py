@@ -78,7 +78,10 @@ def pair_matrices(
 
 
 def check_dictionaries(
-    u_a: Float[Tensor, "ka da"], u_b: Float[Tensor, "kb db"], dim: int, what: tuple[str, str] = ("dico_a", "dico_b")
+    u_a: Float[Tensor, "ka da"],
+    u_b: Float[Tensor, "kb db"],
+    dim: int,
+    what: tuple[str, str] = ("dictionary_a", "dictionary_b"),
 ) -> None:
     """Same K in both dictionaries, and their hidden size equals the activations'."""
     if u_a.shape[0] != u_b.shape[0]:
@@ -99,13 +102,13 @@ def check_assignment(assignment: Tensor, m: int, k: int) -> Int[Tensor, " m"]:
     if assignment.ndim != 1 or assignment.shape[0] != m:
         raise PairingError(
             f"assignment has shape {tuple(assignment.shape)} but there are {m} samples",
-            "compute it with ns.shift.assign_samples(dico_a, acts_a)",
+            "compute it with ns.shift.assign_samples(dictionary_a, acts_a)",
         )
     if assignment.is_floating_point() or assignment.is_complex():
-        raise ConceptError("assignment must hold integer concept indices", "use assign_samples(dico_a, acts_a)")
+        raise ConceptError("assignment must hold integer concept indices", "use assign_samples(dictionary_a, acts_a)")
     if m and (int(assignment.min()) < 0 or int(assignment.max()) >= k):
         raise ConceptError(
-            f"assignment holds concept indices outside [0, {k})", "pass k = the number of concepts of dico_a"
+            f"assignment holds concept indices outside [0, {k})", "pass k = the number of concepts of dictionary_a"
         )
     return assignment.long()
 

@@ -69,9 +69,9 @@ def shift_stats(delta: Float[Tensor, "m d"], assignment: Int[Tensor, " m"], k: i
     counts = torch.bincount(assignment, minlength=k)
     c = counts.to(delta.dtype)
     sums = delta.new_zeros(k, d).index_add_(0, assignment, delta)
-    vectors = sums / c.clamp(min=1.0)[:, None]  # an empty concept keeps a zero vector
+    vectors = sums / rearrange(c.clamp(min=1.0), "k -> k 1")  # an empty concept keeps a zero vector
     norms = delta.norm(dim=1)
-    unit = delta / norms.clamp(min=EPS)[:, None]  # a zero δ_m stays a zero vector (cosine 0)
+    unit = delta / rearrange(norms.clamp(min=EPS), "m -> m 1")  # a zero δ_m stays a zero vector (cosine 0)
     unit_sums = delta.new_zeros(k, d).index_add_(0, assignment, unit)  # s_k = Σ_{m∈A_k} δ̂_m
     sq_sums = delta.new_zeros(k).index_add_(0, assignment, (unit * unit).sum(1))  # Σ ‖δ̂_m‖²
     norm_sums = delta.new_zeros(k).index_add_(0, assignment, norms)
@@ -323,8 +323,10 @@ def alpha_sweep(
     check_vectors(vectors, u_a)
     match = matching.to(u_a.device).long()
     al_d = al.to(device=u_a.device, dtype=u_a.dtype)
-    shifted = u_a[None] + al_d[:, None, None] * vectors.to(u_a)[None]  # [A, K, D]
-    rec = cosine_rows(shifted, u_b[match][None].expand_as(shifted))
+    shifted = rearrange(u_a, "k d -> 1 k d") + rearrange(al_d, "a -> a 1 1") * rearrange(
+        vectors.to(u_a), "k d -> 1 k d"
+    )
+    rec = cosine_rows(shifted, rearrange(u_b[match], "k d -> 1 k d").expand_as(shifted))
     t_ov = kw_ov = None
     if ground is not None:
         t_ov, kw_ov = _sweep_words(ground, shifted, u_b, match, keywords)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from nnshift.artifacts import write_artifact
 from nnshift.errors import ArtifactError
+from nnshift.models.protocol import LensLike
 from nnshift.saved import check_finite, load_saved, typed_field
 from nnshift.shift.checks import Grounder
 from nnshift.shift.metrics import AlphaSweep, DynamicsThresholds, alpha_sweep
@@ -72,7 +73,7 @@ def json_unsafe(x: Any) -> Any:
     return math.nan if x is None else x
 
 
-def vlm_grounder(vlm: Any, top: int) -> Grounder:
+def vlm_grounder(vlm: LensLike, top: int) -> Grounder:
     """Text grounding through a model's final norm and unembedding (nnshift.concepts.grounding.ground_text)."""
     from nnshift.concepts.grounding import ground_text
 
@@ -152,6 +153,21 @@ class ShiftReport:
         idx = {"original": self.mas_original, "shifted": self.mas_shifted, "finetuned": self.mas_finetuned}[which]
         return [[self.ids[i] for i in row] for row in idx.tolist()]
 
+    def per_concept(self) -> list[dict[str, Any]]:
+        """One row per original concept: its match, both recovery cosines, consistency, magnitude and dynamics."""
+        return [
+            {
+                "concept": c,
+                "match": int(self.matching[c]),
+                "cos original": float(self.recovery_original[c]),
+                "cos shifted": float(self.recovery_shifted[c]),
+                "consistency": float(self.consistency[c]),
+                "magnitude": float(self.magnitude[c]),
+                "dynamics": self.dynamics[c],
+            }
+            for c in range(self.k)
+        ]
+
     def summary(self) -> dict[str, Any]:
         """Headline numbers: mean recoveries, share of concepts recovered, correlations, dynamics counts."""
         out: dict[str, Any] = {
@@ -179,7 +195,7 @@ class ShiftReport:
         alphas: Sequence[float | int] | Tensor,
         keywords: Sequence[str] | None = None,
         *,
-        vlm: Any = None,
+        vlm: LensLike | None = None,
         ground: Grounder | None = None,
         top_words: int = 15,
     ) -> AlphaSweep:

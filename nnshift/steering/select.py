@@ -168,7 +168,9 @@ def by_impact(
     local by default; ``options=`` (a `RunOptions`) sets them at once and explicit keywords win over it.
     """
     from nnshift.generation import generate, steer
+    from nnshift.models.protocol import check_vlm
 
+    check_vlm(vlm, "by_impact()")
     opts = run_options(
         options,
         _IMPACT_DEFAULTS,

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from nnshift._version import versions
 from nnshift.answers import answer_type, normalize_answer
-from nnshift.arguments import as_list, check_int, check_mapping, check_str, check_strings
+from nnshift.arguments import as_list, check_int, check_mapping, check_str, check_strings, renamed_keywords
 from nnshift.artifacts import write_artifact
 from nnshift.errors import (
     ArgumentError,
@@ -404,30 +404,28 @@ def answer_type_vector(
     return vec
 
 
-def _concepts_of(dico: Any) -> Float[Tensor, "k d"]:
-    """The checked ``[K, D]`` concepts of ``dico`` (`nnshift.metrics.concept_matrix`; `SteeringError` if none)."""
-    return concept_matrix(dico, "dico", error=SteeringError)
+def _concepts_of(dictionary: Any) -> Float[Tensor, "k d"]:
+    """The checked ``[K, D]`` concepts of ``dictionary`` (`nnshift.metrics.concept_matrix`; `SteeringError` if none)."""
+    return concept_matrix(dictionary, "dictionary", error=SteeringError)
 
 
-def _dico_info(dico: Any) -> tuple[int | None, dict[str, Any]]:
-    info = dict(getattr(dico, "info", {}) or {})
+def _dico_info(dictionary: Any) -> tuple[int | None, dict[str, Any]]:
+    info = dict(getattr(dictionary, "info", {}) or {})
     acts_info = info.get("activations", {}) if isinstance(info.get("activations"), dict) else {}
     layer = info.get("layer", acts_info.get("layer"))
     desc = {
-        "method": getattr(dico, "method", None),
-        "k": int(_concepts_of(dico).shape[0]),
+        "method": getattr(dictionary, "method", None),
+        "k": int(_concepts_of(dictionary).shape[0]),
         "model": info.get("model", acts_info.get("model")),
         "sample_ids_sha1": info.get("sample_ids_sha1"),
     }
     return (int(layer) if layer is not None else None), desc
 
 
-def fine(dico: Any, i: int, j: int, *, layer: int | None = None) -> SteeringVector:
-    """Fine-grained vector ``u_j - u_i``: from concept ``i`` to concept ``j`` (name and sign agree).
-
-    ``dico``: a `nnshift.concepts.ConceptDictionary` (or any object with ``.concepts`` ``[K, D]``).
-    """
-    concepts = _concepts_of(dico)
+@renamed_keywords(dico="dictionary")
+def fine(dictionary: Any, i: int, j: int, *, layer: int | None = None) -> SteeringVector:
+    """Fine-grained vector ``u_j - u_i`` of a `ConceptDictionary` (or a ``.concepts [K, D]`` object): concept i to j."""
+    concepts = _concepts_of(dictionary)
     k = concepts.shape[0]
     for idx, name in ((i, "i"), (j, "j")):
         check_int(idx, name)
@@ -436,7 +434,7 @@ def fine(dico: Any, i: int, j: int, *, layer: int | None = None) -> SteeringVect
     i, j = int(i) % k, int(j) % k
     if i == j:
         raise SteeringError(f"fine({i}, {j}): a concept to itself is the zero vector", "pick two different concepts")
-    d_layer, desc = _dico_info(dico)
+    d_layer, desc = _dico_info(dictionary)
     layer_ = _check_layer(layer, d_layer, "the dictionary's activations")
     vec = concepts[j].float() - concepts[i].float()
     info = {"model": desc["model"], "layer": layer_, "concepts": [i, j], "dictionary": desc, "versions": _versions()}
@@ -451,13 +449,14 @@ def _pairs(pairs: Any) -> list[tuple[int, int]]:
     return [(check_int(i, "i"), check_int(j, "j")) for i, j in items]
 
 
+@renamed_keywords(dico="dictionary")
 def fine_all(
-    dico: Any, pairs: Iterable[tuple[int, int]] | None = None, *, layer: int | None = None
+    dictionary: Any, pairs: Iterable[tuple[int, int]] | None = None, *, layer: int | None = None
 ) -> dict[tuple[int, int], SteeringVector]:
     """Every fine-grained vector of a dictionary: ``{(i, j): u_j - u_i}`` for all ``i != j`` (or the given pairs)."""
-    k = _concepts_of(dico).shape[0]
+    k = _concepts_of(dictionary).shape[0]
     chosen = [(i, j) for i in range(k) for j in range(k) if i != j] if pairs is None else _pairs(pairs)
-    return {(int(i), int(j)): fine(dico, i, j, layer=layer) for i, j in chosen}
+    return {(int(i), int(j)): fine(dictionary, i, j, layer=layer) for i, j in chosen}
 
 
 # ---------------------------------------------------------------------------- many vectors in one file

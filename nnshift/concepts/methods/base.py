@@ -12,7 +12,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar
 
 import torch
 from jaxtyping import Float
@@ -22,7 +22,11 @@ from nnshift.concepts import _solvers as S
 from nnshift.errors import ConceptError
 
 __all__ = [
+    "Codes",
+    "Concepts",
     "MethodConfig",
+    "Rows",
+    "State",
     "ConceptMethod",
     "FitResult",
     "register_method",
@@ -69,7 +73,7 @@ def check_init(method: str, value: Any, choices: tuple[str, ...], shape: str) ->
     raise ConceptError(f"unknown {method} init {value!r}", f"use {', '.join(map(repr, choices))} or a {shape} tensor")
 
 
-def init_tensor(name: str, value: Any, shape: tuple[int, int], z: Float[Tensor, "m d"]) -> Float[Tensor, "a b"]:
+def init_tensor(name: str, value: Any, shape: tuple[int, int], z: Rows) -> Float[Tensor, "a b"]:
     """A given init tensor, checked (shape, finite) and moved to ``z``'s device as float32."""
     if not isinstance(value, Tensor):
         raise ConceptError(
@@ -87,7 +91,7 @@ def init_tensor(name: str, value: Any, shape: tuple[int, int], z: Float[Tensor, 
     return t
 
 
-def rel_error(z: Float[Tensor, "m d"], zhat: Float[Tensor, "m d"]) -> float:
+def rel_error(z: Rows, zhat: Float[Tensor, "m d"]) -> float:
     """``‖Z - Ẑ‖_F / ‖Z‖_F`` in float64."""
     num = S.sqnorm(z - zhat)
     den = S.sqnorm(z)
@@ -138,6 +142,13 @@ class FitResult:
 
 C = TypeVar("C")
 
+#: the shapes of the method interface: concepts ``U`` ``[K, D]``, rows ``Z`` ``[M, D]``, codes ``V`` ``[M, K]``, and
+#: the extra tensors a method keeps (`ConceptMethod.state_keys`)
+Concepts: TypeAlias = Float[Tensor, "k d"]
+Rows: TypeAlias = Float[Tensor, "m d"]
+Codes: TypeAlias = Float[Tensor, "m k"]
+State: TypeAlias = dict[str, Tensor]
+
 
 class ConceptMethod(ABC, Generic[C]):
     """A dictionary-learning method: ``fit`` learns concepts, ``transform`` gives activations of new rows.
@@ -145,13 +156,15 @@ class ConceptMethod(ABC, Generic[C]):
     ``config_class`` is the method's frozen `MethodConfig` dataclass (its fields and defaults are the
     accepted parameters; ``defaults`` is derived from it). A method without one lists its parameters
     in ``defaults`` and receives a plain dict. ``state_keys`` names the extra tensors (e.g. PCA's
-    mean) that `transform` needs and that `ConceptDictionary` saves.
+    mean) that `transform` needs and that `ConceptDictionary` saves; ``origin`` names the one of them (if any)
+    that is the data's origin: `centred` subtracts it before coding and `reconstruct` adds it back.
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig] | None] = None
     defaults: ClassVar[dict[str, Any]] = {}
     state_keys: ClassVar[tuple[str, ...]] = ()
+    origin: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -193,34 +206,29 @@ class ConceptMethod(ABC, Generic[C]):
         return {**self.defaults, **params}
 
     @abstractmethod
-    def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: C | Mapping[str, Any]) -> FitResult:
+    def fit(self, z: Rows, k: int, seed: int, params: C | Mapping[str, Any]) -> FitResult:
         """Learn ``k`` concepts from ``z`` (float32, finite, ``k <= M`` already checked)."""
 
     @abstractmethod
-    def transform(
-        self,
-        concepts: Float[Tensor, "k d"],
-        z: Float[Tensor, "m d"],
-        params: C | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m k"]:
+    def transform(self, concepts: Concepts, z: Rows, params: C | Mapping[str, Any], state: State) -> Codes:
         """Activations of the rows of ``z`` on ``concepts``."""
 
-    def reconstruct(
-        self,
-        concepts: Float[Tensor, "k d"],
-        codes: Float[Tensor, "m k"],
-        params: C | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m d"]:
-        """Rows rebuilt from their activations (default ``V @ U``)."""
-        return codes @ concepts
+    def reconstruct(self, concepts: Concepts, codes: Codes, params: C | Mapping[str, Any], state: State) -> Rows:
+        """Rows rebuilt from their activations: ``V @ U``, plus the ``origin`` state (if any, e.g. PCA's mean)."""
+        out = codes @ concepts
+        off = state.get(self.origin) if self.origin else None
+        return out + off if off is not None else out
 
-    def scores(self, codes: Float[Tensor, "m k"], params: C | Mapping[str, Any]) -> Float[Tensor, "m k"]:
+    def centred(self, z: Rows, state: State) -> Rows:
+        """``z`` minus the ``origin`` state (unchanged without one, e.g. for given concepts without a mean)."""
+        off = state.get(self.origin) if self.origin else None
+        return z - off if off is not None else z
+
+    def scores(self, codes: Codes, params: C | Mapping[str, Any]) -> Codes:
         """How strongly each row expresses each concept, for assignment and top samples (default ``|v|``)."""
         return codes.abs()
 
-    def check_concepts(self, concepts: Float[Tensor, "k d"], params: C | Mapping[str, Any]) -> None:
+    def check_concepts(self, concepts: Concepts, params: C | Mapping[str, Any]) -> None:
         """Validate user-given concepts for `ConceptDictionary.from_concepts` (default: nothing)."""
 
 

@@ -7,20 +7,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
 from nnshift.concepts import _solvers as S
-from nnshift.concepts.methods.base import (
-    ConceptMethod,
-    FitResult,
-    MethodConfig,
-    check_init,
-    check_int,
-    check_number,
-    init_tensor,
-    rel_error,
-)
+from nnshift.concepts.methods import base as B
+from nnshift.concepts.methods.base import Codes, ConceptMethod, Concepts, FitResult, MethodConfig, Rows, State
 from nnshift.errors import ConceptError
 
 __all__ = ["KMeansConfig", "KMeansMethod", "KMEANS_ACTIVATIONS"]
@@ -43,10 +36,10 @@ class KMeansConfig(MethodConfig):
             raise ConceptError(
                 f"unknown k-means activation {self.activation!r}", f"use one of {list(KMEANS_ACTIVATIONS)}"
             )
-        check_init("k-means", self.init, ("k-means++", "random"), "[K, D]")
-        check_int("n_init", self.n_init, 1)
-        check_int("max_iter", self.max_iter, 1)
-        check_number("tol", self.tol, allow_zero=True)
+        B.check_init("k-means", self.init, ("k-means++", "random"), "[K, D]")
+        B.check_int("n_init", self.n_init, 1)
+        B.check_int("max_iter", self.max_iter, 1)
+        B.check_number("tol", self.tol, allow_zero=True)
 
 
 class KMeansMethod(ConceptMethod[KMeansConfig]):
@@ -67,9 +60,9 @@ class KMeansMethod(ConceptMethod[KMeansConfig]):
             return S.kmeans_plusplus(x, k, gen)
         if isinstance(init, str) and init == "random":
             return x[torch.randperm(x.shape[0], generator=gen, device=x.device)[:k]].clone()
-        return init_tensor("init", init, (k, x.shape[1]), x) - mean
+        return B.init_tensor("init", init, (k, x.shape[1]), x) - mean
 
-    def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: KMeansConfig | Mapping[str, Any]) -> FitResult:
+    def fit(self, z: Rows, k: int, seed: int, params: KMeansConfig | Mapping[str, Any]) -> FitResult:
         """Best of ``n_init`` seeded runs by inertia."""
         cfg = self.config(params)
         mean = z.mean(dim=0)
@@ -90,24 +83,18 @@ class KMeansMethod(ConceptMethod[KMeansConfig]):
             "inertia": inertia,
             "n_iter": n_iter,
             "converged": conv,
-            "reconstruction_error": rel_error(z, concepts[labels]),
+            "reconstruction_error": B.rel_error(z, concepts[labels]),
             "cluster_sizes": torch.bincount(labels, minlength=k).tolist(),
         }
         return FitResult(concepts=concepts, codes=codes, params=cfg.to_params(), diagnostics=diag)
 
-    def transform(
-        self,
-        concepts: Float[Tensor, "k d"],
-        z: Float[Tensor, "m d"],
-        params: KMeansConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m k"]:
+    def transform(self, concepts: Concepts, z: Rows, params: KMeansConfig | Mapping[str, Any], state: State) -> Codes:
         """Similarities to the centroids, as chosen by ``activation``."""
         act = self.config(params).activation
         if act == "cosine":
             zn = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
             un = concepts / concepts.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            return zn @ un.t()
+            return einsum(zn, un, "m d, k d -> m k")
         mean = z.mean(dim=0)
         dist = S.sq_distances(z - mean, concepts - mean).sqrt_()
         if act == "inverse_distance":
@@ -117,15 +104,11 @@ class KMeansMethod(ConceptMethod[KMeansConfig]):
         return torch.nn.functional.one_hot(dist.argmin(dim=1), concepts.shape[0]).to(torch.float32)
 
     def reconstruct(
-        self,
-        concepts: Float[Tensor, "k d"],
-        codes: Float[Tensor, "m k"],
-        params: KMeansConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m d"]:
+        self, concepts: Concepts, codes: Codes, params: KMeansConfig | Mapping[str, Any], state: State
+    ) -> Rows:
         """Each row replaced by its most similar centroid."""
         return concepts[codes.argmax(dim=1)]
 
-    def scores(self, codes: Float[Tensor, "m k"], params: KMeansConfig | Mapping[str, Any]) -> Float[Tensor, "m k"]:
+    def scores(self, codes: Codes, params: KMeansConfig | Mapping[str, Any]) -> Codes:
         """The activations themselves: all k-means activations are similarities."""
         return codes

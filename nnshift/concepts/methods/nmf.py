@@ -11,14 +11,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nnshift.concepts import _solvers as S
-from nnshift.concepts.methods.base import (
-    ConceptMethod,
-    FitResult,
-    MethodConfig,
-    check_int,
-    check_number,
-    rel_error,
-)
+from nnshift.concepts.methods import base as B
+from nnshift.concepts.methods.base import Codes, ConceptMethod, Concepts, FitResult, MethodConfig, Rows, State
 from nnshift.errors import ConceptError
 
 __all__ = ["NMFConfig", "NMFMethod"]
@@ -35,11 +29,11 @@ class NMFConfig(MethodConfig):
     def __post_init__(self) -> None:
         if self.shift not in ("none", "min"):
             raise ConceptError(f"unknown NMF shift {self.shift!r}", "use shift='none' or shift='min'")
-        check_int("max_iter", self.max_iter, 1)
-        check_number("tol", self.tol, allow_zero=True)
+        B.check_int("max_iter", self.max_iter, 1)
+        B.check_number("tol", self.tol, allow_zero=True)
 
 
-def _offset(z: Float[Tensor, "m d"], shift: str) -> Float[Tensor, " d"]:
+def _offset(z: Rows, shift: str) -> Float[Tensor, " d"]:
     """Per-feature offset that makes ``z - offset >= 0`` (zeros with ``shift="none"``, checked)."""
     offset = z.min(dim=0).values.clamp(max=0.0)
     if shift == "none":
@@ -62,8 +56,9 @@ class NMFMethod(ConceptMethod[NMFConfig]):
     name = "nmf"
     config_class = NMFConfig
     state_keys = ("offset",)
+    origin = "offset"
 
-    def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: NMFConfig | Mapping[str, Any]) -> FitResult:
+    def fit(self, z: Rows, k: int, seed: int, params: NMFConfig | Mapping[str, Any]) -> FitResult:
         """Alternating HALS sweeps on ``V`` then ``U``; the last ``V`` is the exact NNLS solution."""
         cfg = self.config(params)
         offset = _offset(z, cfg.shift)
@@ -89,28 +84,9 @@ class NMFMethod(ConceptMethod[NMFConfig]):
         u = u / norms[:, None]
         v = S.nonneg_lasso(x, u, 0.0)
         hist.append(S.objective(xx, x @ u.t(), u @ u.t(), v, 0.0))
-        diag = {"loss": hist, "n_iter": it, "converged": conv, "reconstruction_error": rel_error(z, v @ u + offset)}
+        diag = {"loss": hist, "n_iter": it, "converged": conv, "reconstruction_error": B.rel_error(z, v @ u + offset)}
         return FitResult(concepts=u, codes=v, params=cfg.to_params(), diagnostics=diag, state={"offset": offset})
 
-    def transform(
-        self,
-        concepts: Float[Tensor, "k d"],
-        z: Float[Tensor, "m d"],
-        params: NMFConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m k"]:
-        """Non-negative least squares codes of ``z - offset``."""
-        off = state.get("offset")
-        return S.nonneg_lasso(z - off if off is not None else z, concepts, 0.0)
-
-    def reconstruct(
-        self,
-        concepts: Float[Tensor, "k d"],
-        codes: Float[Tensor, "m k"],
-        params: NMFConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m d"]:
-        """``V U + offset``."""
-        off = state.get("offset")
-        out = codes @ concepts
-        return out + off if off is not None else out
+    def transform(self, concepts: Concepts, z: Rows, params: NMFConfig | Mapping[str, Any], state: State) -> Codes:
+        """Non-negative least squares codes of ``z - offset`` (`reconstruct`: ``V U + offset``)."""
+        return S.nonneg_lasso(self.centred(z, state), concepts, 0.0)

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jaxtyping import Float
-from torch import Tensor
+from einops import einsum
 
 from nnshift.concepts import _solvers as S
-from nnshift.concepts.methods.base import ConceptMethod, FitResult, MethodConfig, check_int, rel_error
+from nnshift.concepts.methods import base as B
+from nnshift.concepts.methods.base import Codes, ConceptMethod, Concepts, FitResult, MethodConfig, Rows, State
 from nnshift.errors import ConceptError
 
 __all__ = ["PCAConfig", "PCAMethod"]
@@ -23,7 +23,7 @@ class PCAConfig(MethodConfig):
     n_iter: int = 6
 
     def __post_init__(self) -> None:
-        check_int("n_iter", self.n_iter, 0)
+        B.check_int("n_iter", self.n_iter, 0)
 
 
 class PCAMethod(ConceptMethod[PCAConfig]):
@@ -32,8 +32,9 @@ class PCAMethod(ConceptMethod[PCAConfig]):
     name = "pca"
     config_class = PCAConfig
     state_keys = ("mean",)
+    origin = "mean"
 
-    def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: PCAConfig | Mapping[str, Any]) -> FitResult:
+    def fit(self, z: Rows, k: int, seed: int, params: PCAConfig | Mapping[str, Any]) -> FitResult:
         """Centre, then (randomized when large) SVD."""
         cfg = self.config(params)
         if k > min(z.shape):
@@ -50,30 +51,11 @@ class PCAMethod(ConceptMethod[PCAConfig]):
         diag = {
             "explained_variance": var.tolist(),
             "explained_variance_ratio": (var / total).tolist() if total > 0 else [0.0] * k,
-            "reconstruction_error": rel_error(z, codes @ qt + mean),
+            "reconstruction_error": B.rel_error(z, codes @ qt + mean),
             "loss": [],
         }
         return FitResult(concepts=qt, codes=codes, params=cfg.to_params(), diagnostics=diag, state={"mean": mean})
 
-    def transform(
-        self,
-        concepts: Float[Tensor, "k d"],
-        z: Float[Tensor, "m d"],
-        params: PCAConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m k"]:
-        """Projection of the centred rows (the training mean; 0 for given concepts without ``mean``)."""
-        mean = state.get("mean")
-        return (z - mean if mean is not None else z) @ concepts.t()
-
-    def reconstruct(
-        self,
-        concepts: Float[Tensor, "k d"],
-        codes: Float[Tensor, "m k"],
-        params: PCAConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m d"]:
-        """``V U + mean``."""
-        mean = state.get("mean")
-        out = codes @ concepts
-        return out + mean if mean is not None else out
+    def transform(self, concepts: Concepts, z: Rows, params: PCAConfig | Mapping[str, Any], state: State) -> Codes:
+        """Projection of the centred rows ``(z - mean) Uᵀ`` (no mean for given concepts); `reconstruct` adds it back."""
+        return einsum(self.centred(z, state), concepts, "m d, k d -> m k")

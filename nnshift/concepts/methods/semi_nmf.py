@@ -12,16 +12,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nnshift.concepts import _solvers as S
-from nnshift.concepts.methods.base import (
-    ConceptMethod,
-    FitResult,
-    MethodConfig,
-    check_init,
-    check_int,
-    check_number,
-    init_tensor,
-    rel_error,
-)
+from nnshift.concepts.methods import base as B
+from nnshift.concepts.methods.base import Codes, ConceptMethod, Concepts, FitResult, MethodConfig, Rows, State
 from nnshift.errors import ConceptError
 
 __all__ = ["SemiNMFConfig", "SparseSemiNMFConfig", "SemiNMFMethod", "SparseSemiNMFMethod"]
@@ -42,13 +34,13 @@ class SemiNMFConfig(MethodConfig):
     extrapolate: bool = True
 
     def __post_init__(self) -> None:
-        check_number("sparsity", self.sparsity, allow_zero=True)
+        B.check_number("sparsity", self.sparsity, allow_zero=True)
         if self.relative_sparsity is not None:
-            check_number("relative_sparsity", self.relative_sparsity, allow_zero=True)
-        check_init("Semi-NMF", self.init, ("auto", "svd", "kmeans", "random"), "[M, K] (plain) or [K, D] (sparse)")
-        check_int("max_iter", self.max_iter, 1)
-        check_int("inner_sweeps", self.inner_sweeps, 1)
-        check_number("tol", self.tol, allow_zero=True)
+            B.check_number("relative_sparsity", self.relative_sparsity, allow_zero=True)
+        B.check_init("Semi-NMF", self.init, ("auto", "svd", "kmeans", "random"), "[M, K] (plain) or [K, D] (sparse)")
+        B.check_int("max_iter", self.max_iter, 1)
+        B.check_int("inner_sweeps", self.inner_sweeps, 1)
+        B.check_number("tol", self.tol, allow_zero=True)
         if not isinstance(self.extrapolate, bool):
             raise ConceptError(f"extrapolate must be True or False, got {self.extrapolate!r}", "pass extrapolate=True")
 
@@ -76,7 +68,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
     name = "semi_nmf"
     config_class = SemiNMFConfig
 
-    def fit(self, z: Float[Tensor, "m d"], k: int, seed: int, params: SemiNMFConfig | Mapping[str, Any]) -> FitResult:
+    def fit(self, z: Rows, k: int, seed: int, params: SemiNMFConfig | Mapping[str, Any]) -> FitResult:
         """Dispatch to the plain (multiplicative) or sparse (coordinate descent) algorithm."""
         cfg = self.config(params)
         if cfg.relative_sparsity is not None:
@@ -96,13 +88,13 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
             "objective": hist[-1],
             "n_iter": n_iter,
             "converged": conv,
-            "reconstruction_error": rel_error(z, v @ u),
+            "reconstruction_error": B.rel_error(z, v @ u),
             "code_density": float((v > 0).float().mean()),
             "seconds": time.perf_counter() - t0,
         }
         return FitResult(concepts=u, codes=v, params=cfg.to_params(), diagnostics=diag)
 
-    def _init_codes(self, z: Float[Tensor, "m d"], k: int, gen: torch.Generator, init: Any) -> Float[Tensor, "m k"]:
+    def _init_codes(self, z: Rows, k: int, gen: torch.Generator, init: Any) -> Codes:
         """Positive initial codes for the multiplicative algorithm."""
         m = z.shape[0]
         if init in ("auto", "kmeans"):  # Ding et al.: cluster indicators + 0.2
@@ -115,12 +107,12 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
             raise ConceptError(
                 "init='svd' is for the sparse Semi-NMF (sparsity > 0)", "use 'auto', 'kmeans' or 'random'"
             )
-        v = init_tensor("init", init, (m, k), z)
+        v = B.init_tensor("init", init, (m, k), z)
         if (v < 0).any():
             raise ConceptError("init codes must be non-negative", "pass V0 >= 0 (e.g. one-hot + 0.2)")
         return v
 
-    def _fit_plain(self, z: Float[Tensor, "m d"], k: int, gen: torch.Generator, cfg: SemiNMFConfig) -> _Fit:
+    def _fit_plain(self, z: Rows, k: int, gen: torch.Generator, cfg: SemiNMFConfig) -> _Fit:
         v = self._init_codes(z, k, gen, cfg.init)
         zz = S.sqnorm(z)
         eye = torch.eye(k, device=z.device)
@@ -144,7 +136,7 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
         norms = u.norm(dim=1).clamp_min(1e-12)
         return u / norms[:, None], v * norms[None, :], hist, it, conv
 
-    def _init_atoms(self, z: Float[Tensor, "m d"], k: int, gen: torch.Generator, init: Any) -> Float[Tensor, "k d"]:
+    def _init_atoms(self, z: Rows, k: int, gen: torch.Generator, init: Any) -> Float[Tensor, "k d"]:
         """Unit-norm initial atoms for the sparse algorithm."""
         if init in ("auto", "svd"):
             p_left, _, qt = S.randomized_svd(z, k, gen)
@@ -164,9 +156,9 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
         if init == "random":
             rows = z[torch.randperm(z.shape[0], generator=gen, device=z.device)[:k]]
             return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return S.project_rows_unit_ball(init_tensor("init", init, (k, z.shape[1]), z))
+        return S.project_rows_unit_ball(B.init_tensor("init", init, (k, z.shape[1]), z))
 
-    def _fit_sparse(self, z: Float[Tensor, "m d"], k: int, gen: torch.Generator, cfg: SemiNMFConfig) -> _Fit:
+    def _fit_sparse(self, z: Rows, k: int, gen: torch.Generator, cfg: SemiNMFConfig) -> _Fit:
         u0 = self._init_atoms(z, k, gen, cfg.init)
         return S.sparse_semi_nmf(
             z,
@@ -179,17 +171,11 @@ class SemiNMFMethod(ConceptMethod[SemiNMFConfig]):
             extrapolate=cfg.extrapolate,
         )
 
-    def transform(
-        self,
-        concepts: Float[Tensor, "k d"],
-        z: Float[Tensor, "m d"],
-        params: SemiNMFConfig | Mapping[str, Any],
-        state: dict[str, Tensor],
-    ) -> Float[Tensor, "m k"]:
+    def transform(self, concepts: Concepts, z: Rows, params: SemiNMFConfig | Mapping[str, Any], state: State) -> Codes:
         """Non-negative (sparse, ``λ = sparsity``) least squares codes."""
         return S.nonneg_lasso(z, concepts, float(self.config(params).sparsity))
 
-    def check_concepts(self, concepts: Float[Tensor, "k d"], params: SemiNMFConfig | Mapping[str, Any]) -> None:
+    def check_concepts(self, concepts: Concepts, params: SemiNMFConfig | Mapping[str, Any]) -> None:
         """``relative_sparsity`` needs data: refuse it for given concepts."""
         if self.config(params).relative_sparsity is not None:
             raise ConceptError(

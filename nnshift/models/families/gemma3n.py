@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from nnshift.models.adapter import ModelAdapter
-from nnshift.models.registry import register_adapter
+from nnshift.models.families._common import ID_ONLY, builtin
 
 __all__ = ["GEMMA3N"]
 
-GEMMA3N = register_adapter(
-    ModelAdapter(
-        family="gemma3n",
-        architectures=("Gemma3nForConditionalGeneration",),
-        layers="model.language_model.layers",
-        final_norm="model.language_model.norm",
-        unembed="lm_head",
-        image_token_id_attrs=("image_token_id",),
-        image_token="<image_soft_token>",
-        end_of_turn_tokens=("<end_of_turn>",),
-        nested_images=True,
-        notes="google/gemma-3n-*; its vision tower is a timm model: needs the timm package; untested here (no timm)",
-    )
+GEMMA3N = builtin(
+    "gemma3n",
+    "Gemma3nForConditionalGeneration",
+    image_token_id_attrs=ID_ONLY,
+    image_token="<image_soft_token>",
+    end_of_turn_tokens=("<end_of_turn>",),
+    nested_images=True,
+    notes="google/gemma-3n-*; its vision tower is a timm model: needs the timm package; untested here (no timm)",
 )

@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
-from nnshift.models.adapter import ModelAdapter
-from nnshift.models.registry import register_adapter
+from typing import Any
+
+from nnshift.models.families._common import ID_ONLY, builtin
 
 __all__ = ["IDEFICS2", "IDEFICS3"]
 
-IDEFICS2 = register_adapter(
-    ModelAdapter(
-        family="idefics2",
-        architectures=("Idefics2ForConditionalGeneration",),
-        layers="model.text_model.layers",
-        final_norm="model.text_model.norm",
-        unembed="lm_head",
-        image_token_id_attrs=("image_token_id",),
-        image_token="<image>",
-        end_of_turn_tokens=("<end_of_utterance>",),
-        nested_images=True,
-        notes="HuggingFaceM4/idefics2-8b; image tokens are the perceiver latents, wrapped in <fake_token_around_image>",
-    )
+#: both generations: the LM is model.text_model, <image> tokens, turns end with <end_of_utterance>
+_SHARED: dict[str, Any] = {
+    "lm": "model.text_model",
+    "image_token_id_attrs": ID_ONLY,
+    "image_token": "<image>",
+    "end_of_turn_tokens": ("<end_of_utterance>",),
+    "nested_images": True,
+}
+
+IDEFICS2 = builtin(
+    "idefics2",
+    "Idefics2ForConditionalGeneration",
+    **_SHARED,
+    notes="HuggingFaceM4/idefics2-8b; image tokens are the perceiver latents, wrapped in <fake_token_around_image>",
 )
 
-IDEFICS3 = register_adapter(
-    ModelAdapter(
-        family="idefics3",
-        architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
-        layers="model.text_model.layers",
-        final_norm="model.text_model.norm",
-        unembed="lm_head",
-        image_token_id_attrs=("image_token_id",),
-        image_token="<image>",
-        end_of_turn_tokens=("<end_of_utterance>",),
-        nested_images=True,
-        notes="HuggingFaceM4/Idefics3-8B-Llama3, HuggingFaceTB/SmolVLM-*; pixel-shuffle connector",
-    )
+IDEFICS3 = builtin(
+    "idefics3",
+    "Idefics3ForConditionalGeneration",
+    "SmolVLMForConditionalGeneration",
+    **_SHARED,
+    notes="HuggingFaceM4/Idefics3-8B-Llama3, HuggingFaceTB/SmolVLM-*; pixel-shuffle connector",
 )

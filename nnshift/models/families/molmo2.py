@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from nnshift.models.adapter import ModelAdapter
-from nnshift.models.registry import register_adapter
+from nnshift.models.families._common import ID_ONLY, builtin
 
 __all__ = ["MOLMO2"]
 
-MOLMO2 = register_adapter(
-    ModelAdapter(
-        family="molmo2",
-        architectures=("Molmo2ForConditionalGeneration",),
-        layers="model.language_model.layers",
-        final_norm="model.language_model.norm",
-        unembed="lm_head",
-        image_token_id_attrs=("image_token_id",),
-        end_of_turn_tokens=("<|im_end|>", "<|endoftext|>"),
-        notes=(
-            "allenai/Molmo2-*; the image-token id comes from config.image_token_id (the patch tokens the model fills"
-            " with image features); its image processor needs torchvision, so it is checked on a meta model only here"
-        ),
-    )
+MOLMO2 = builtin(
+    "molmo2",
+    "Molmo2ForConditionalGeneration",
+    image_token_id_attrs=ID_ONLY,
+    end_of_turn_tokens=("<|im_end|>", "<|endoftext|>"),
+    notes=(
+        "allenai/Molmo2-*; the image-token id comes from config.image_token_id (the patch tokens the model fills"
+        " with image features); its image processor needs torchvision, so it is checked on a meta model only here"
+    ),
 )

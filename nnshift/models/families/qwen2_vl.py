@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from nnshift.models.adapter import ModelAdapter
-from nnshift.models.registry import register_adapter
+from typing import Any
 
-__all__ = ["QWEN2_VL"]
+from nnshift.models.families._common import ID_ONLY, builtin
 
-QWEN2_VL = register_adapter(
-    ModelAdapter(
-        family="qwen2_vl",
-        architectures=("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
-        layers="model.language_model.layers",
-        final_norm="model.language_model.norm",
-        unembed="lm_head",
-        image_token_id_attrs=("image_token_id",),
-        image_token="<|image_pad|>",
-        end_of_turn_tokens=("<|im_end|>", "<|endoftext|>"),
-        notes="the vision tower is model.visual (blocks); image tokens are <|image_pad|> between vision start/end",
-    )
+__all__ = ["QWEN2_VL", "QWEN_TOKENS"]
+
+#: Qwen's vision-language chat tokens (ChatML turns, <|image_pad|> image tokens), shared with Qwen3-VL
+QWEN_TOKENS: dict[str, Any] = {
+    "image_token_id_attrs": ID_ONLY,
+    "image_token": "<|image_pad|>",
+    "end_of_turn_tokens": ("<|im_end|>", "<|endoftext|>"),
+}
+
+QWEN2_VL = builtin(
+    "qwen2_vl",
+    "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
+    **QWEN_TOKENS,
+    notes="the vision tower is model.visual (blocks); image tokens are <|image_pad|> between vision start/end",
 )

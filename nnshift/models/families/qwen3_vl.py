@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from nnshift.models.adapter import ModelAdapter
-from nnshift.models.registry import register_adapter
+from nnshift.models.families._common import builtin
+from nnshift.models.families.qwen2_vl import QWEN_TOKENS
 
 __all__ = ["QWEN3_VL"]
 
-QWEN3_VL = register_adapter(
-    ModelAdapter(
-        family="qwen3_vl",
-        architectures=("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"),
-        layers="model.language_model.layers",
-        final_norm="model.language_model.norm",
-        unembed="lm_head",
-        image_token_id_attrs=("image_token_id",),
-        image_token="<|image_pad|>",
-        end_of_turn_tokens=("<|im_end|>", "<|endoftext|>"),
-        notes=(
-            "Qwen/Qwen3-VL-*; deepstack: the text model adds vision features at the image positions right after the"
-            " first decoder blocks, outside the block, so the residual read there (block output, as in"
-            " output_hidden_states) does not include them yet; the next block's input does"
-        ),
-    )
+QWEN3_VL = builtin(
+    "qwen3_vl",
+    "Qwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration",
+    **QWEN_TOKENS,
+    notes=(
+        "Qwen/Qwen3-VL-*; deepstack: the text model adds vision features at the image positions right after the"
+        " first decoder blocks, outside the block, so the residual read there (block output, as in"
+        " output_hidden_states) does not include them yet; the next block's input does"
+    ),
 )

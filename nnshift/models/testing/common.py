@@ -20,9 +20,12 @@ __all__ = [
     "finish",
     "clip_vision",
     "llama_text",
+    "merging_vision",
+    "mrope_parameters",
     "quiet",
     "siglip_vision",
     "tiny_image",
+    "tiny_text",
     "tiny_tokenizer",
 ]
 
@@ -108,11 +111,9 @@ def tiny_image(seed: int = 0, size: tuple[int, int] = (40, 32)) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def llama_text(vocab: int, layers: int = 2, **kw: Any) -> Any:
-    """A tiny LlamaConfig."""
-    from transformers import LlamaConfig
-
-    base: dict[str, Any] = {
+def tiny_text(vocab: int, layers: int, **fields: Any) -> dict[str, Any]:
+    """The sizes every tiny decoder shares (hidden 32, MLP 64, 4 heads, 2 KV heads, 512 positions), plus ``fields``."""
+    return {
         "vocab_size": vocab,
         "hidden_size": 32,
         "intermediate_size": 64,
@@ -120,9 +121,35 @@ def llama_text(vocab: int, layers: int = 2, **kw: Any) -> Any:
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 512,
+        **fields,
     }
-    base.update(kw)
-    return LlamaConfig(**base)
+
+
+def merging_vision(layers: int, patch: int, **fields: Any) -> dict[str, Any]:
+    """A tiny Qwen-VL-style vision tower (width 16, 2 heads, 2x2 merging) whose merger outputs the LM's width 32."""
+    return {
+        "depth": layers,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "out_hidden_size": 32,
+        "num_heads": 2,
+        "patch_size": patch,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        **fields,
+    }
+
+
+def mrope_parameters() -> dict[str, Any]:
+    """A fresh M-RoPE ``rope_parameters`` dict for tiny Qwen-VL / GLM-4V text models (sections 1+1+2 of head_dim 8)."""
+    return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}
+
+
+def llama_text(vocab: int, layers: int = 2, **kw: Any) -> Any:
+    """A tiny LlamaConfig."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**tiny_text(vocab, layers, **kw))
 
 
 def finish(model: Any, tok: Any, folder: Path, processor: Any = None) -> Path:

@@ -10,6 +10,7 @@ from nnshift.models.testing.common import (
     content,
     finish,
     siglip_vision,
+    tiny_text,
     tiny_tokenizer,
 )
 
@@ -24,16 +25,7 @@ _GEMMA_CHAT = (
 
 def _gemma_text(vocab: int, layers: int) -> dict[str, Any]:
     """Tiny Gemma-family text config fields."""
-    return {
-        "vocab_size": vocab,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 8,
-        "max_position_embeddings": 512,
-    }
+    return tiny_text(vocab, layers, head_dim=8)
 
 
 def _build_gemma3(folder: Path, vision_layers: int = 2, text_layers: int = 2, **_: Any) -> Path:

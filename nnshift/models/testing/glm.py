@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nnshift.models.processors import image_only_processor
-from nnshift.models.testing.common import content, finish, tiny_tokenizer
+from nnshift.models.testing.common import content, finish, merging_vision, mrope_parameters, tiny_text, tiny_tokenizer
 
 __all__ = ["BUILDERS", "MULTIMODAL"]
 
@@ -29,27 +29,8 @@ def _build_glm4v(folder: Path, moe: bool = False, vision_layers: int = 2, text_l
         size={"shortest_edge": 56 * 56, "longest_edge": 56 * 56}, patch_size=14, merge_size=2, temporal_patch_size=2
     )
     ids = {t: tok.convert_tokens_to_ids(t) for t in _SPECIALS}
-    vision = {
-        "depth": vision_layers,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "out_hidden_size": 32,
-        "num_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    }
-    text = {
-        "vocab_size": len(tok),
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": text_layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-    }
+    vision = merging_vision(vision_layers, 14, image_size=56)
+    text = tiny_text(len(tok), text_layers, rope_parameters=mrope_parameters())
     if moe:
         text.update(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, first_k_dense_replace=1)
         text.update(head_dim=8, n_shared_experts=1, n_group=1, topk_group=1, partial_rotary_factor=1.0)

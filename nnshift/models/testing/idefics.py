@@ -11,6 +11,7 @@ from nnshift.models.testing.common import (
     content,
     finish,
     llama_text,
+    tiny_text,
     tiny_tokenizer,
 )
 
@@ -22,6 +23,18 @@ _IDEFICS_CHAT = (
     + "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 _IDEFICS_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+
+
+def _vision(layers: int) -> dict[str, Any]:
+    """The tiny SigLIP-style tower of both Idefics generations: 32x32 images, patches of 8."""
+    return {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
 
 
 def _build_idefics2(folder: Path, vision_layers: int = 2, text_layers: int = 2, **_: Any) -> Path:
@@ -37,14 +50,7 @@ def _build_idefics2(folder: Path, vision_layers: int = 2, text_layers: int = 2, 
     ip = Idefics2ImageProcessorPil(do_image_splitting=False, size={"shortest_edge": 32, "longest_edge": 32})
     proc = Idefics2Processor(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=_IDEFICS_CHAT)
     cfg = Idefics2Config(
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": vision_layers,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=_vision(vision_layers),
         perceiver_config={
             "hidden_act": "silu",
             "resampler_n_latents": 4,
@@ -55,16 +61,7 @@ def _build_idefics2(folder: Path, vision_layers: int = 2, text_layers: int = 2, 
             "hidden_size": 32,
             "rms_norm_eps": 1e-6,
         },
-        text_config={
-            "model_type": "mistral",
-            "vocab_size": len(tok),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": text_layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 512,
-        },
+        text_config=tiny_text(len(tok), text_layers, model_type="mistral"),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
     )
     return finish(Idefics2ForConditionalGeneration(cfg), tok, folder, proc)
@@ -90,14 +87,7 @@ def _build_idefics3(
             image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=_IDEFICS_CHAT
         )
     cfg = getattr(transformers, f"{prefix}Config")(
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": vision_layers,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=_vision(vision_layers),
         text_config=llama_text(len(tok), layers=text_layers).to_dict(),
         scale_factor=2,
         image_token_id=tok.convert_tokens_to_ids("<image>"),

@@ -14,6 +14,7 @@ from nnshift.models.testing.common import (
     finish,
     llama_text,
     siglip_vision,
+    tiny_text,
     tiny_tokenizer,
 )
 
@@ -81,16 +82,7 @@ def _build_llava_next(folder: Path, vision_layers: int = 3, text_layers: int = 2
 
 def _qwen2_text(vocab: int, layers: int) -> dict[str, Any]:
     """A tiny Qwen2 text config, as a dict."""
-    return {
-        "model_type": "qwen2",
-        "vocab_size": vocab,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-    }
+    return tiny_text(vocab, layers, model_type="qwen2")
 
 
 def _build_llava_onevision(folder: Path, vision_layers: int = 2, text_layers: int = 2, **_: Any) -> Path:

@@ -10,6 +10,9 @@ from nnshift.models.processors import image_only_processor
 from nnshift.models.testing.common import (
     CHATML,
     finish,
+    merging_vision,
+    mrope_parameters,
+    tiny_text,
     tiny_tokenizer,
 )
 
@@ -20,17 +23,7 @@ _QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_en
 
 def _qwen_text(vocab: int, layers: int) -> dict[str, Any]:
     """Tiny Qwen2-VL text config (head_dim 8, M-RoPE sections 1+1+2)."""
-    return {
-        "vocab_size": vocab,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-        "bos_token_id": None,
-    }
+    return tiny_text(vocab, layers, rope_parameters=mrope_parameters(), bos_token_id=None)
 
 
 def _build_qwen_vl(folder: Path, version: str, vision_layers: int = 2, text_layers: int = 2) -> Path:
@@ -41,13 +34,7 @@ def _build_qwen_vl(folder: Path, version: str, vision_layers: int = 2, text_laye
     ip = transformers.Qwen2VLImageProcessorPil(
         min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
     )
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
-    tokens = {
-        "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
-        "vision_start_token_id": ids["<|vision_start|>"],
-        "vision_end_token_id": ids["<|vision_end|>"],
-    }
+    tokens = _qwen3_tokens(tok)
     vision: dict[str, Any]
     cfg: transformers.PreTrainedConfig
     model: transformers.PreTrainedModel
@@ -66,18 +53,7 @@ def _build_qwen_vl(folder: Path, version: str, vision_layers: int = 2, text_laye
         model = transformers.Qwen2VLForConditionalGeneration(cfg)
         proc = image_only_processor(transformers.Qwen2VLProcessor, ip, tok, chat_template=CHATML)
     else:
-        vision = {
-            "depth": vision_layers,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "out_hidden_size": 32,
-            "num_heads": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "fullatt_block_indexes": [vision_layers - 1],
-        }
+        vision = merging_vision(vision_layers, 14, window_size=56, fullatt_block_indexes=[vision_layers - 1])
         cfg = transformers.Qwen2_5_VLConfig(
             text_config=_qwen_text(len(tok), text_layers), vision_config=vision, **tokens
         )
@@ -96,7 +72,7 @@ def _build_qwen2_5_vl(folder: Path, **kw: Any) -> Path:
     return _build_qwen_vl(folder, "2.5", **kw)
 
 
-def _qwen3_tokens(tok: Any) -> dict[str, int]:
+def _qwen3_tokens(tok: Any) -> dict[str, Any]:
     """The placeholder token ids of a Qwen-VL config."""
     ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
     return {
@@ -115,18 +91,7 @@ def _build_qwen3_vl(folder: Path, moe: bool = False, vision_layers: int = 2, tex
     ip = transformers.Qwen2VLImageProcessorPil(
         min_pixels=64 * 64, max_pixels=64 * 64, patch_size=16, merge_size=2, temporal_patch_size=2
     )
-    vision = {
-        "depth": vision_layers,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "out_hidden_size": 32,
-        "num_heads": 2,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "num_position_embeddings": 16,
-        "deepstack_visual_indexes": [0],
-    }
+    vision = merging_vision(vision_layers, 16, num_position_embeddings=16, deepstack_visual_indexes=[0])
     text = _qwen_text(len(tok), text_layers)
     text.update(head_dim=8, rope_parameters={**text["rope_parameters"], "mrope_interleaved": True})
     if moe:

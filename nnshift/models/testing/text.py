@@ -11,6 +11,7 @@ from nnshift.models.testing.common import (
     PLAIN_CHAT,
     finish,
     llama_text,
+    tiny_text,
     tiny_tokenizer,
 )
 
@@ -31,15 +32,7 @@ def _build_qwen2(folder: Path, layers: int = 3, **_: Any) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tok = tiny_tokenizer("qwen2", ["<|im_start|>", "<|im_end|>"], chat_template=CHATML)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
+    cfg = Qwen2Config(**tiny_text(len(tok), layers))
     return finish(Qwen2ForCausalLM(cfg), tok, folder)
 
 

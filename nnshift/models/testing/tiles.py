@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nnshift.models.processors import image_only_processor
-from nnshift.models.testing.common import CHATML, finish, siglip_vision, tiny_tokenizer
+from nnshift.models.testing.common import CHATML, finish, siglip_vision, tiny_text, tiny_tokenizer
 
 __all__ = ["BUILDERS", "MULTIMODAL"]
 
@@ -24,17 +24,7 @@ _AYA_CHAT = (
 
 def _text(model_type: str, vocab: int, layers: int) -> dict[str, Any]:
     """A tiny decoder config of `model_type`, as a dict."""
-    return {
-        "model_type": model_type,
-        "vocab_size": vocab,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 8,
-        "max_position_embeddings": 512,
-    }
+    return tiny_text(vocab, layers, model_type=model_type, head_dim=8)
 
 
 def _got_ocr2_processor() -> Any:
