@@ -85,7 +85,7 @@ def parse_target(text: str, keywords: list[str] | None = None) -> Any:
 def _vector(args: argparse.Namespace) -> Any:
     """The saved vector, patch or per-layer vectors the options name (exactly one)."""
     import nnshift as ns
-    from nnshift.steering.vectors import load_vectors
+    from nnshift.steering.vector_io import load_vectors
 
     given = [k for k in ("vector", "patch", "vectors") if getattr(args, k) is not None]
     if len(given) != 1:

@@ -19,14 +19,13 @@ from nnshift.steering.select import (
 from nnshift.steering.sweep_report import SweepReport, SweepRow
 from nnshift.steering.sweeps import sweep
 from nnshift.steering.targets import AnswerTypeTarget, CaptionStyle, TargetAnswer
+from nnshift.steering.vector_io import load_vectors, save_vectors
 from nnshift.steering.vectors import (
     SteeringVector,
     answer_type_vector,
     coarse,
     fine,
     fine_all,
-    load_vectors,
-    save_vectors,
     target_answer,
 )
 

@@ -239,7 +239,7 @@ def calibrate(
             vlm, full.vectors, ss, target, full.alphas, full.layers, full.positions, kk, None, None, fluency, True
         )
         _check_measurable(target, ss, kk, part)
-    common = {"target": target, "positions": full.positions, "fluency": fluency, "options": opts}
+    common: dict[str, Any] = {"target": target, "positions": full.positions, "fluency": fluency, "options": opts}
     report = sweep(vlm, full.vectors, val, alphas=full.alphas, layers=full.layers, keep=keep_val, **common)
     row, met = choose_point(report, limit)
     layer, alpha = int(row.layer or 0), float(row.alpha or 0.0)

@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nnshift.answers import normalize_answer
+from nnshift.arguments import renamed_keywords
 from nnshift.data import Sample
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, SteeringError, TokenOfInterestError
 from nnshift.models.protocol import VLMLike
@@ -181,7 +182,7 @@ def by_impact(
     )
     items = list(candidates.items()) if isinstance(candidates, Mapping) else list(enumerate(candidates))
     if not items:
-        raise EmptyInputError("by_impact() got no candidate vectors", "pass e.g. ns.steering.fine_all(dico)")
+        raise EmptyInputError("by_impact() got no candidate vectors", "pass e.g. ns.steering.fine_all(dictionary)")
     patches = {k: (v.patch(alpha, positions) if isinstance(v, SteeringVector) else v) for k, v in items}
     for p in patches.values():
         p.check(vlm.hidden_size, vlm.n_layers)
@@ -282,8 +283,9 @@ class ProximityScore:
         }
 
 
+@renamed_keywords(dico="dictionary")
 def by_proximity(
-    dico: Any,
+    dictionary: Any,
     source: str | Tensor | Activations | SteeringVector,
     target: str | Tensor | Activations | SteeringVector,
     *,
@@ -291,12 +293,12 @@ def by_proximity(
     keep: int | None = None,
     layer: int | None = None,
 ) -> list[ProximityScore]:
-    """Rank the fine-grained vectors ``u_j - u_i`` of ``dico`` by ``cos(u_i, source) + cos(u_j, target)``.
+    """Rank the fine-grained vectors ``u_j - u_i`` of ``dictionary`` by ``cos(u_i, source) + cos(u_j, target)``.
 
     ``source`` / ``target``: a word (its unembedding direction; needs ``vlm``), a ``[D]`` representation, or
     activations (their mean), e.g. the states of samples answered with the source and the target answer.
     """
-    concepts = _concepts_of(dico).float().cpu()
+    concepts = _concepts_of(dictionary).float().cpu()
     k, dim = concepts.shape
     if k < 2:
         raise SteeringError("proximity ranking needs at least 2 concepts", "fit a dictionary with k >= 2")
@@ -309,6 +311,6 @@ def by_proximity(
         for j in range(k):
             if i != j:
                 s_i, t_j = float(cos_s[i]), float(cos_t[j])
-                out.append(ProximityScore((i, j), s_i + t_j, s_i, t_j, fine(dico, i, j, layer=layer)))
+                out.append(ProximityScore((i, j), s_i + t_j, s_i, t_j, fine(dictionary, i, j, layer=layer)))
     out.sort(key=lambda p: (-p.score, p.pair))
     return out if keep is None else out[:keep]
