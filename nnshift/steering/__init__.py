@@ -2,6 +2,8 @@
 
 from nnshift.generation import steer
 from nnshift.steering.deltas import LayerEdit, resolve_edits
+from nnshift.steering.gates import ConceptGate
+from nnshift.steering.operators import OPS
 from nnshift.steering.patches import BoundPatch, Patch, PatchSet
 from nnshift.steering.select import (
     ImpactScore,
@@ -49,4 +51,7 @@ __all__ = [
     "steer",
     "target_answer",
     "word_direction",
+    # operators and concept gates
+    "ConceptGate",
+    "OPS",
 ]
