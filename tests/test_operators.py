@@ -168,6 +168,20 @@ def test_add_op_keeps_the_delta_fast_path(llama, inputs):
     assert gated.edits[LAYER].prefill is None and len(gated.edits[LAYER].ops) == 1
 
 
+def test_ops_bound_without_inputs_resolve_from_the_traced_shape(llama):
+    """No inputs bound (no padding known): the prompt weights come from the traced shape, as for additions."""
+    one = llama.prepare([ns.Sample(id="0", prompt=PROMPTS[2])])  # one row, no padding
+    patch = _vec(llama.hidden_size, seed=6).patch(0.8, "last_prompt", op="clamp", value=0.3) + _vec(
+        llama.hidden_size, seed=7
+    ).patch(0.5, op="norm")
+    bound = patch.bind(llama)
+    assert bound.edits[LAYER].ops[0].lazy is not None and bound.edits[LAYER].ops[0].prefill is None
+    with llama.model.trace(dict(one)):
+        bound(llama)
+        lazy = llama.model.output.logits.save()
+    assert torch.equal(lazy, _trace(llama, one, patch)[0])
+
+
 # ---------------------------------------------------------------------------- composition
 
 
@@ -430,7 +444,8 @@ def _tl_patch(d):
     )
 
 
-def test_tl_hooks_equal_the_nnsight_path_for_ops(llama, inputs, bridge):
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_tl_hooks_equal_the_nnsight_path_for_ops(llama, inputs, bridge, kv_cache):
     eager = load(llama.name, dtype="float32", attn_implementation="eager")
     ids, attn = inputs["input_ids"], inputs["attention_mask"]
     patch = _tl_patch(llama.hidden_size)
@@ -449,6 +464,7 @@ def test_tl_hooks_equal_the_nnsight_path_for_ops(llama, inputs, bridge):
             max_new_tokens=n,
             do_sample=False,
             stop_at_eos=False,
+            use_past_kv_cache=kv_cache,
             verbose=False,
             return_type="tokens",
         )
