@@ -4,7 +4,10 @@ A `Patch` is a steering vector, a layer, a strength ``alpha`` and the positions 
 `nnshift.positions` selector; default ``"all"``, like the reference code: every prompt position and every
 generated token). Patches add up (``patch_a + patch_b`` is a `PatchSet`, applied in layer order; two patches on
 one layer add their edits) and can be switched per sample (``rows=[True, False, ...]`` or a ``[B]`` alpha).
-They never change the model's weights.
+They never change the model's weights. ``op=`` makes a patch ablate (``"project_out"``), clamp (``"clamp"``) or
+push relative to ``||h||`` (``"norm"``) instead of adding, and ``gate=`` (a `ConceptGate`) limits it to where a
+concept is active; patches on one layer then apply in the order given, each to the output of the one before
+(`nnshift.steering.operators`, `nnshift.steering.gates`).
 
 Inside the user's own nnsight trace or generation::
 
@@ -394,7 +397,7 @@ class Patch(_Steerable):
 
 
 class PatchSet(_Steerable):
-    """Several patches applied together, in layer order; patches on one layer add their edits."""
+    """Several patches applied together, in layer order; on one layer in the order given (additions sum)."""
 
     def __init__(self, patches: Sequence[Patch | PatchSet]) -> None:
         flat: list[Patch] = []
