@@ -302,6 +302,29 @@ def test_save_load_round_trip_with_ops_and_gate(llama, inputs, tmp_path):
     assert Patch.load(plain).op == "add" and Patch.load(plain).gate is None
 
 
+def test_legacy_plain_json_patch_loads_as_an_addition(llama, inputs, tmp_path):
+    """A format-1 folder (plain JSON with ``format``, no manifest, no op keys: what the first Patch.save wrote)
+    still loads, as op="add" without a gate."""
+    from safetensors.torch import save_file
+
+    vec = _vec(llama.hidden_size, seed=8)
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    save_file({"p0.vector": vec.vector.contiguous()}, str(folder / "patch.safetensors"))
+    entry = {
+        "layer": LAYER,
+        "alpha": 1.5,
+        "rows": None,
+        "positions": {"kind": "All"},
+        "vector": {"tensor": "p0.vector", "layer": LAYER, "method": "given", "info": {}},
+    }
+    doc = {"format": "nnshift.patch", "format_version": 1, "kind": "Patch", "patches": [entry], "provenance": {}}
+    (folder / "patch.json").write_text(json.dumps(doc))
+    back = Patch.load(folder)
+    assert back.op == "add" and back.value is None and back.gate is None
+    assert torch.equal(_trace(llama, inputs, back)[0], _trace(llama, inputs, vec.patch(1.5))[0])
+
+
 def test_bad_saved_op_is_a_clear_error(llama, tmp_path):
     path = _vec(llama.hidden_size).patch(1.0, op="norm").save(tmp_path / "p")
     raw = json.loads((path / "patch.json").read_text())

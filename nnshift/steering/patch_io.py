@@ -12,13 +12,14 @@ nnshift versions read them. Versions 1-3 are read. Nothing is pickled.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from nnshift.artifacts import write_artifact
+from nnshift.artifacts import SELF_SHA, write_artifact
 from nnshift.errors import ArtifactError, DataFormatError
 from nnshift.positions import (
     All,
@@ -129,12 +130,38 @@ def _gate_value(x: Any, tensors: dict[str, Tensor]) -> ConceptGate | None:
     return ConceptGate(tensors[x["tensor"]], int(x["index"]), str(x["rule"]), x.get("threshold"))
 
 
+def _legacy_v1(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """A format-1 patch folder (plain JSON with ``format`` and ``format_version`` 1, no manifest): its tensors and doc.
+
+    Format 1 wrote the ``format`` key, which `load_saved` takes for a manifest's; None for anything else.
+    """
+    from safetensors.torch import load
+
+    try:
+        raw = json.loads((path / f"{_KIND}.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    manifest = ("files", "doc", "tensors", SELF_SHA)
+    if not isinstance(raw, dict) or raw.get("format_version") != 1 or any(k in raw for k in manifest):
+        return None
+    if raw.get("format") != PATCH_FORMAT:
+        return None
+    try:
+        return load((path / f"{_KIND}.safetensors").read_bytes()), raw
+    except Exception as exc:  # OS errors and safetensors' own error types
+        raise ArtifactError(f"cannot read the patch in {str(path)!r}: {exc}", _REMAKE) from exc
+
+
 def load_patches(path: str | Path) -> tuple[str, list[Patch]]:
-    """Read what `save_patches` wrote: (``kind``, the patches in order)."""
+    """Read what `save_patches` wrote (format 1, 2 or 3): (``kind``, the patches in order)."""
     from nnshift.steering.patches import Patch
 
     path = Path(path)
-    tensors, doc, _ = load_saved(path, _KIND, PATCH_FORMAT_VERSION, "patch", "pass the folder Patch.save wrote")
+    legacy = _legacy_v1(path)
+    if legacy is not None:
+        tensors, doc = legacy
+    else:
+        tensors, doc, _ = load_saved(path, _KIND, PATCH_FORMAT_VERSION, "patch", "pass the folder Patch.save wrote")
     if doc.get("kind", "PatchSet") not in ("Patch", "PatchSet"):
         raise ArtifactError(f"the patch in {str(path)!r} has kind {doc.get('kind')!r}", _REMAKE)
     try:
