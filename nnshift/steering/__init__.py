@@ -4,6 +4,8 @@ from nnshift.generation import steer
 from nnshift.steering.calibration import Calibration, calibrate
 from nnshift.steering.deltas import LayerEdit, resolve_edits
 from nnshift.steering.diagnostics import vector_diagnostics
+from nnshift.steering.gates import ConceptGate
+from nnshift.steering.operators import OPS
 from nnshift.steering.patches import BoundPatch, Patch, PatchSet
 from nnshift.steering.select import (
     ImpactScore,
@@ -63,4 +65,7 @@ __all__ = [
     "calibrate",
     "sweep",
     "vector_diagnostics",
+    # operators and concept gates
+    "ConceptGate",
+    "OPS",
 ]

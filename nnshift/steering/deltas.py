@@ -1,9 +1,11 @@
-"""Delta resolution: from patches (vector, strength, rows, positions, layer) to per-layer additive edits.
+"""Edit resolution: from patches (vector, strength, rows, positions, layer, operator, gate) to per-layer edits.
 
-One patch adds ``alpha * rows[b] * s`` to the residual stream after its layer, at the positions its selector
-picks. Resolving a set of patches for one model and one batch gives, per edited layer, a `LayerEdit`: the
-prompt-pass delta (``[D]``, ``[B, 1, D]`` or ``[B, S, D]``, zero on padding) and the decode-step delta (``[D]``
-or ``[B, 1, D]``), summed over the patches on that layer in float32 and cast once to the model dtype.
+A plain patch (``op="add"``, no gate) adds ``alpha * rows[b] * s`` to the residual stream after its layer, at the
+positions its selector picks. When every patch on a layer is plain, the layer's `LayerEdit` holds the prompt-pass
+delta (``[D]``, ``[B, 1, D]`` or ``[B, S, D]``, zero on padding) and the decode-step delta (``[D]`` or
+``[B, 1, D]``), summed over those patches in float32 and cast once to the model dtype (``h + delta``).
+Otherwise (another operator, or a concept gate: edits that depend on ``h``) the layer holds one `OpEdit` per
+patch, in the order given, each applied to the output of the one before (`nnshift.steering.operators`).
 Both execution paths use these: the nnsight path (`nnshift.steering.patches.BoundPatch`) and the
 TransformerLens hooks (`nnshift.steering.tl`).
 """
@@ -26,6 +28,7 @@ from nnshift.errors import (
     SteeringError,
 )
 from nnshift.positions import Image, Selector, Text, TokenOfInterest, Union
+from nnshift.steering.operators import OpEdit, op_vector
 from nnshift.steering.vectors import SteeringVector
 
 __all__ = [
@@ -38,7 +41,9 @@ __all__ = [
     "check_patches",
     "common_batch_size",
     "delta_from_weights",
+    "is_plain",
     "needs_image_mask",
+    "op_edit",
     "resolve_edits",
     "scaled_delta",
     "selector_parts",
@@ -67,6 +72,11 @@ class PatchLike(Protocol):
     def batch_size(self) -> int | None:
         """The batch size fixed by per-sample values, or None."""
         ...
+
+
+def is_plain(p: Any) -> bool:
+    """Whether a patch is a plain addition (``op="add"``, no gate): resolvable to a precomputed delta."""
+    return getattr(p, "op", "add") == "add" and getattr(p, "gate", None) is None
 
 
 @runtime_checkable
@@ -176,33 +186,79 @@ def sum_deltas(deltas: Sequence[Tensor]) -> Tensor | None:
     return out
 
 
+def _check_traced(shape: tuple[int, ...], h: Float[Tensor, "b s d"]) -> None:
+    """A ``[B, S]`` bound to the inputs must match the traced output's batch and length (or be one column)."""
+    if shape[1] not in (1, h.shape[1]) or shape[0] != h.shape[0]:
+        raise PositionError(
+            f"the patch was bound to inputs of shape {tuple(shape)} but the traced layer output is "
+            f"{tuple(h.shape[:2])}",
+            "bind the patch to the same inputs as the trace (patch(vlm, inputs=inputs))",
+        )
+
+
+def _lazy_weights(selector: Selector, scale: Scale, h: Float[Tensor, "b s d"]) -> Float[Tensor, "b s"]:
+    """Prompt weights resolved from the traced shape (no inputs were bound: no padding known)."""
+    b, s = h.shape[0], h.shape[1]
+    mask = selector.prefill_mask(torch.ones(b, s, dtype=torch.long), torch.zeros(b, s, dtype=torch.bool))
+    return weights_from_mask(mask, scale)
+
+
 @dataclass
 class LayerEdit:
-    """What one layer receives: a prompt-pass delta (or lazy parts needing the traced shape) and a decode delta."""
+    """What one layer receives: additive deltas (prompt pass, lazy parts, decode), or `OpEdit`s applied in order."""
 
     prefill: Tensor | None = None  # [D], [B, 1, D] or [B, S, D] (model dtype, device)
     lazy: list[tuple[Selector, Scale, Tensor]] = field(default_factory=list)  # (selector, scale, vec float32)
     decode: Tensor | None = None  # [D] or [B, 1, D]
+    ops: list[OpEdit] = field(default_factory=list)  # when set, the layer's patches in order (no deltas then)
+
+    @property
+    def edits_prefill(self) -> bool:
+        """Whether the prompt pass is edited."""
+        return self.prefill is not None or bool(self.lazy) or any(o.edits_prefill for o in self.ops)
+
+    @property
+    def edits_decode(self) -> bool:
+        """Whether decode steps (t > 0) are edited."""
+        return self.decode is not None or any(o.decode is not None for o in self.ops)
 
     def prefill_delta(self, h: Float[Tensor, "b s d"]) -> Tensor | None:
         """The prompt-pass delta for a traced output ``h`` (lazy parts resolved from its shape)."""
         delta = self.prefill
-        if (
-            delta is not None
-            and delta.ndim == 3
-            and (delta.shape[1] not in (1, h.shape[1]) or delta.shape[0] != h.shape[0])
-        ):
-            raise PositionError(
-                f"the patch was bound to inputs of shape {tuple(delta.shape[:2])} but the traced layer output is "
-                f"{tuple(h.shape[:2])}",
-                "bind the patch to the same inputs as the trace (patch(vlm, inputs=inputs))",
-            )
+        if delta is not None and delta.ndim == 3:
+            _check_traced(tuple(delta.shape[:2]), h)
         for selector, scale, vec in self.lazy:
-            b, s = h.shape[0], h.shape[1]
-            mask = selector.prefill_mask(torch.ones(b, s, dtype=torch.long), torch.zeros(b, s, dtype=torch.bool))
-            d = delta_from_weights(weights_from_mask(mask, scale), vec, h.device, h.dtype)
+            d = delta_from_weights(_lazy_weights(selector, scale, h), vec, h.device, h.dtype)
             delta = d if delta is None else delta + d
         return delta
+
+    def edit_prefill(self, h: Float[Tensor, "b s d"]) -> Float[Tensor, "b s d"] | None:
+        """The prompt pass's edited ``h`` (None when nothing is edited)."""
+        if not self.ops:
+            delta = self.prefill_delta(h)
+            return None if delta is None else h + delta.to(device=h.device, dtype=h.dtype)
+        out = None
+        for o in self.ops:
+            if o.prefill is not None:
+                _check_traced(tuple(o.prefill.shape), h)
+                w = o.prefill
+            elif o.lazy is not None:
+                w = _lazy_weights(o.lazy[0], o.lazy[1], h)
+            else:
+                continue
+            out = o(h if out is None else out, w)
+        return out
+
+    def edit_decode(self, h: Float[Tensor, "b s d"]) -> Float[Tensor, "b s d"] | None:
+        """A decode step's edited ``h`` (None when nothing is edited)."""
+        if not self.ops:
+            d = self.decode
+            return None if d is None else h + d.to(device=h.device, dtype=h.dtype)
+        out = None
+        for o in self.ops:
+            if o.decode is not None:
+                out = o(h if out is None else out, o.decode)
+        return out
 
 
 # ---------------------------------------------------------------------------- resolution
@@ -236,9 +292,38 @@ def check_patches(patches: Sequence[PatchLike], hidden_size: int, n_layers: int)
             )
         if not bool(torch.isfinite(p.vector.vector).all()):
             raise NonFiniteError("the steering vector has NaN/Inf values", "recompute it from finite activations")
+        gate = getattr(p, "gate", None)
+        if gate is not None and gate.dim != hidden_size:
+            raise HiddenSizeMismatchError(
+                f"the gate's concepts have size {gate.dim}, the model's hidden size is {hidden_size}",
+                "learn the gate's dictionary on activations of this model at the patch's layer",
+            )
         out.append(p.layer % n_layers)
     common_batch_size(patches)
     return out
+
+
+def _prompt_mask(
+    sel: Selector, attention_mask: Int[Tensor, "b s"] | None, image_mask: Bool[Tensor, "b s"] | None
+) -> Bool[Tensor, "b s"] | None:
+    """The prompt positions ``sel`` picks in the bound inputs (None without inputs: resolved lazily); checked."""
+    if isinstance(sel, TokenOfInterest):
+        raise PositionError(
+            "token_of_interest() positions are known only after generation and cannot be steered",
+            "steer 'all', 'generated', 'last_prompt', 'prompt', 'image' or 'text' positions",
+        )
+    if attention_mask is None:
+        if needs_image_mask(sel):
+            raise PositionError(
+                f"the positions {sel} need the batch's input ids (image tokens) to be resolved",
+                "pass inputs= (the dict given to the trace) when applying or binding the patch",
+            )
+        return None
+    img = image_mask if image_mask is not None else torch.zeros_like(attention_mask, dtype=torch.bool)
+    mask = sel.prefill_mask(attention_mask.cpu(), img.cpu())
+    if not bool(mask.any()) and not sel.decode_step():
+        raise PositionError(f"the positions {sel} select nothing in this input", "check the selector")
+    return mask
 
 
 def _add_patch(
@@ -248,29 +333,44 @@ def _add_patch(
     image_mask: Bool[Tensor, "b s"] | None,
     device: torch.device,
 ) -> None:
-    """Add one patch's prompt (or lazy) and decode parts to its layer's slot."""
+    """Add one plain patch's prompt (or lazy) and decode parts to its layer's slot."""
     sel, scale, vec = p.positions, p.scale, p.vector.vector
-    if isinstance(sel, TokenOfInterest):
-        raise PositionError(
-            "token_of_interest() positions are known only after generation and cannot be steered",
-            "steer 'all', 'generated', 'last_prompt', 'prompt', 'image' or 'text' positions",
-        )
-    if attention_mask is not None:
-        img = image_mask if image_mask is not None else torch.zeros_like(attention_mask, dtype=torch.bool)
-        mask = sel.prefill_mask(attention_mask.cpu(), img.cpu())
-        if not bool(mask.any()) and not sel.decode_step():
-            raise PositionError(f"the positions {sel} select nothing in this input", "check the selector")
-        if bool(mask.any()):
-            slot["pre"].append(delta_from_weights(weights_from_mask(mask, scale), vec, device, torch.float32))
-    else:
-        if needs_image_mask(sel):
-            raise PositionError(
-                f"the positions {sel} need the batch's input ids (image tokens) to be resolved",
-                "pass inputs= (the dict given to the trace) when applying or binding the patch",
-            )
+    mask = _prompt_mask(sel, attention_mask, image_mask)
+    if mask is None:
         slot["lazy"].append((sel, scale, vec.detach().cpu()))
+    elif bool(mask.any()):
+        slot["pre"].append(delta_from_weights(weights_from_mask(mask, scale), vec, device, torch.float32))
     if sel.decode_step():
         slot["dec"].append(scaled_delta(scale, vec, device, torch.float32))
+
+
+def op_edit(
+    p: PatchLike,
+    attention_mask: Int[Tensor, "b s"] | None,
+    image_mask: Bool[Tensor, "b s"] | None,
+    device: torch.device,
+) -> OpEdit:
+    """One patch resolved for the trace as an `OpEdit` (any operator, gated or not)."""
+    sel, scale = p.positions, p.scale
+    op = getattr(p, "op", "add")
+    gate = getattr(p, "gate", None)
+    mask = _prompt_mask(sel, attention_mask, image_mask)
+    prefill = lazy = decode = None
+    if mask is None:
+        lazy = (sel, scale)
+    elif bool(mask.any()):
+        prefill = weights_from_mask(mask, scale).to(device)
+    if sel.decode_step():
+        decode = scale.view(-1, 1).to(device) if isinstance(scale, Tensor) else scale
+    return OpEdit(
+        op=op,
+        vector=op_vector(op, p.vector.vector, device),
+        prefill=prefill,
+        lazy=lazy,
+        decode=decode,
+        value=getattr(p, "value", None),
+        gate=None if gate is None else gate.bound(device),
+    )
 
 
 def resolve_edits(
@@ -296,11 +396,17 @@ def resolve_edits(
             "give one entry per sample of the batch (ns.steer slices them per batch for you)",
         )
     device = target_device(device)
-    slots: dict[int, dict[str, list[Any]]] = {}
+    by_layer: dict[int, list[PatchLike]] = {}
     for p, layer in zip(patches, layers, strict=True):
-        _add_patch(slots.setdefault(layer, {"pre": [], "lazy": [], "dec": []}), p, attention_mask, image_mask, device)
+        by_layer.setdefault(layer, []).append(p)
     edits: dict[int, LayerEdit] = {}
-    for layer, slot in slots.items():
+    for layer, group in by_layer.items():
+        if not all(is_plain(p) for p in group):
+            edits[layer] = LayerEdit(ops=[op_edit(p, attention_mask, image_mask, device) for p in group])
+            continue
+        slot: dict[str, list[Any]] = {"pre": [], "lazy": [], "dec": []}
+        for p in group:
+            _add_patch(slot, p, attention_mask, image_mask, device)
         pre, dec = sum_deltas(slot["pre"]), sum_deltas(slot["dec"])
         edits[layer] = LayerEdit(
             prefill=None if pre is None else pre.to(dtype=dtype),

@@ -4,7 +4,10 @@ A `Patch` is a steering vector, a layer, a strength ``alpha`` and the positions 
 `nnshift.positions` selector; default ``"all"``, like the reference code: every prompt position and every
 generated token). Patches add up (``patch_a + patch_b`` is a `PatchSet`, applied in layer order; two patches on
 one layer add their edits) and can be switched per sample (``rows=[True, False, ...]`` or a ``[B]`` alpha).
-They never change the model's weights.
+They never change the model's weights. ``op=`` makes a patch ablate (``"project_out"``), clamp (``"clamp"``) or
+push relative to ``||h||`` (``"norm"``) instead of adding, and ``gate=`` (a `ConceptGate`) limits it to where a
+concept is active; patches on one layer then apply in the order given, each to the output of the one before
+(`nnshift.steering.operators`, `nnshift.steering.gates`).
 
 Inside the user's own nnsight trace or generation::
 
@@ -54,6 +57,8 @@ from nnshift.steering.deltas import (
     resolve_edits,
     selector_parts,
 )
+from nnshift.steering.gates import ConceptGate
+from nnshift.steering.operators import check_op
 from nnshift.steering.steps import current_worker, in_step_loop, on_every_step, trace_inputs
 from nnshift.steering.vectors import SteeringVector
 
@@ -81,25 +86,18 @@ class BoundPatch:
     @property
     def edits_decode(self) -> bool:
         """Whether any layer is edited at decode steps (t > 0)."""
-        return any(e.decode is not None for e in self.edits.values())
+        return any(e.edits_decode for e in self.edits.values())
 
     def apply(self, vlm: Any, step: int | None = None) -> None:
-        """Inside an nnsight trace: add the deltas of this step to every patched layer, in layer order."""
+        """Inside an nnsight trace: edit the layers of this step (plain deltas added, operators run), in layer order."""
         prefill = step is None or int(step) == 0
         for layer, edit in self.edits.items():
-            if prefill:
-                if edit.prefill is None and not edit.lazy:
-                    continue
-                h = vlm.get_resid(layer)
-                delta = edit.prefill_delta(h)
-                if delta is None:
-                    continue
-            else:
-                if edit.decode is None:
-                    continue
-                h = vlm.get_resid(layer)
-                delta = edit.decode
-            vlm.set_resid(layer, h + delta.to(device=h.device, dtype=h.dtype))
+            if not (edit.edits_prefill if prefill else edit.edits_decode):
+                continue
+            h = vlm.get_resid(layer)
+            out = edit.edit_prefill(h) if prefill else edit.edit_decode(h)
+            if out is not None:
+                vlm.set_resid(layer, out)
 
     def apply_every_step(self, vlm: Any, steps: int | None = None) -> None:
         """Inside a trace: edit the prompt pass now and every decode step (the first ``steps`` steps) on a side worker.
@@ -123,6 +121,19 @@ class BoundPatch:
             self.apply(vlm, step)
         else:
             self.apply_every_step(vlm, steps)
+
+
+def _input_masks(
+    vlm: VLMLike, inputs: dict[str, Tensor] | None
+) -> tuple[Int[Tensor, "b s"] | None, Bool[Tensor, "b s"] | None]:
+    """The attention mask (all ones when absent) and image-token mask of a prepared batch; (None, None) without one."""
+    if inputs is None:
+        return None, None
+    ids: Int[Tensor, "b s"] = inputs["input_ids"]
+    attn = inputs.get("attention_mask")
+    if attn is None:
+        attn = torch.ones_like(ids)
+    return attn, vlm.image_token_mask(ids)
 
 
 def _check_steps(steps: int | None) -> None:
@@ -174,13 +185,7 @@ class _Steerable:
         padding is never edited and image/text selectors find the image tokens. Without it, "all"/"prompt"
         edit every prompt position and "last_prompt" the last column (left padding); "image"/"text" need it.
         """
-        attn = img = None
-        if inputs is not None:
-            ids = inputs["input_ids"]
-            attn = inputs.get("attention_mask")
-            if attn is None:
-                attn = torch.ones_like(ids)
-            img = vlm.image_token_mask(ids)
+        attn, img = _input_masks(vlm, inputs)
         check_edit_finite(self, vlm.dtype)
         edits, batch = resolve_edits(self.patches, vlm.n_layers, vlm.hidden_size, attn, img, vlm.device, vlm.dtype)
         return BoundPatch(edits, batch)
@@ -264,13 +269,16 @@ class _Steerable:
 
 
 class Patch(_Steerable):
-    """Add ``alpha * vector`` to the residual stream after decoder ``layer`` at ``positions``.
+    """Edit the residual stream after decoder ``layer`` at ``positions`` with ``vector``: by default add ``alpha * s``.
 
     ``vector``: a `SteeringVector` (its layer is the default) or a ``[D]`` tensor (then ``layer`` is required).
     ``alpha``: a float, or a ``[B]`` tensor (per-sample strength). ``positions``: a selector or a shorthand
     (``"all"`` by default: every prompt position and every generated token, as in the reference code;
     ``"generated"``, ``"last_prompt"``, ``"prompt"``, ``"image"``, ``"text"``, unions ``a | b``).
     ``rows``: a ``[B]`` on/off (bool) or multiplier per sample of the batch (or one multiplier for all).
+    ``op``: ``"add"`` (``h + w s``), ``"project_out"`` (``h - w (h . ŝ) ŝ``), ``"clamp"`` (``h + w (value - h . ŝ) ŝ``)
+    or ``"norm"`` (``h + w ||h|| ŝ``), with ``w = alpha * rows`` at the selected positions
+    (`nnshift.steering.operators`). ``gate``: a `ConceptGate`: edit only where its concept is active in ``h``.
     """
 
     def __init__(
@@ -281,6 +289,9 @@ class Patch(_Steerable):
         *,
         layer: int | None = None,
         rows: float | Tensor | Sequence[bool] | Sequence[float] | None = None,
+        op: str = "add",
+        value: float | None = None,
+        gate: ConceptGate | None = None,
     ) -> None:
         if not isinstance(vector, SteeringVector):
             if (
@@ -309,6 +320,8 @@ class Patch(_Steerable):
         na, nr = batch_of(self.alpha), batch_of(self.rows) if self.rows is not None else None
         if na is not None and nr is not None and na != nr:
             raise SteeringError(f"alpha has {na} entries and rows {nr}", "give both one entry per sample")
+        self.op, self.value = check_op(op, value, self.vector.vector, gate)
+        self.gate: ConceptGate | None = gate
 
     @property
     def patches(self) -> tuple[Patch, ...]:
@@ -336,7 +349,10 @@ class Patch(_Steerable):
             return x[index] if isinstance(index, slice) else x[list(index)]
 
         rows = None if self.rows is None else pick(self.rows)
-        return Patch(self.vector, pick(self.alpha), self.positions, layer=self.layer, rows=rows)
+        return Patch(self.vector, pick(self.alpha), self.positions, layer=self.layer, rows=rows, **self._op_kwargs())
+
+    def _op_kwargs(self) -> dict[str, Any]:
+        return {"op": self.op, "value": self.value, "gate": self.gate}
 
     @classmethod
     def load(cls, path: str | Path) -> Patch:
@@ -352,7 +368,7 @@ class Patch(_Steerable):
 
     def with_alpha(self, alpha: float | Tensor) -> Patch:
         """The same patch with another strength."""
-        return Patch(self.vector, alpha, self.positions, layer=self.layer, rows=self.rows)
+        return Patch(self.vector, alpha, self.positions, layer=self.layer, rows=self.rows, **self._op_kwargs())
 
     def spec(self) -> dict[str, Any]:
         """A JSON-able description (vector provenance, layer, alpha, positions)."""
@@ -363,6 +379,9 @@ class Patch(_Steerable):
             "alpha": alpha,
             "rows": rows,
             "positions": self.positions.spec(),
+            "op": self.op,
+            "value": self.value,
+            "gate": None if self.gate is None else self.gate.spec(),
             "vector": {"method": self.vector.method, "norm": self.vector.norm, **self.vector.info},
         }
 
@@ -372,11 +391,13 @@ class Patch(_Steerable):
             rows = ""
         else:
             rows = f", rows=[{self.rows.shape[0]}]" if isinstance(self.rows, Tensor) else f", rows={self.rows:g}"
-        return f"Patch(layer={self.layer}, alpha={alpha}, positions={self.positions}{rows}, vector={self.vector!r})"
+        op = "" if self.op == "add" else f", op={self.op!r}" + ("" if self.value is None else f", value={self.value:g}")
+        gate = "" if self.gate is None else f", gate={self.gate!r}"
+        return f"Patch(layer={self.layer}, alpha={alpha}, positions={self.positions}{rows}{op}{gate}, vector={self.vector!r})"
 
 
 class PatchSet(_Steerable):
-    """Several patches applied together, in layer order; patches on one layer add their edits."""
+    """Several patches applied together, in layer order; on one layer in the order given (additions sum)."""
 
     def __init__(self, patches: Sequence[Patch | PatchSet]) -> None:
         flat: list[Patch] = []

@@ -79,7 +79,8 @@ def _side_worker_class() -> type:
         """A worker running ``fn(step)`` for steps ``start .. stop - 1`` (open-ended when ``stop`` is None)."""
 
         def __init__(self, fn: Callable[[int], None], start: int, stop: int | None) -> None:
-            super().__init__(None, {}, {})
+            # not super(): this class travels by value to NDIF (nnsight.register), which drops the __class__ cell
+            Mediator.__init__(self, None, {}, {})
             self.fn, self.first, self.stop = fn, start, stop
 
         def _run(self) -> None:

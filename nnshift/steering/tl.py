@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from nnshift.errors import PositionError, SteeringError
@@ -52,7 +52,7 @@ def resid_post_name(model: Any, layer: int) -> str:
 
 
 class TLHook:
-    """A TransformerLens forward hook adding one layer's steering deltas; prompt pass vs decode step by length."""
+    """A TransformerLens forward hook applying one layer's steering edits; prompt pass vs decode step by length."""
 
     def __init__(self, edit: LayerEdit, prompt_len: int | None) -> None:
         self.edit = edit
@@ -60,13 +60,13 @@ class TLHook:
         self.seen = 0  # length of the last prompt pass (when prompt_len is not given)
         self.calls = 0
 
-    def _prefill(self, x: Tensor) -> Tensor:
-        delta = self.edit.prefill_delta(x)
-        return x if delta is None else x + delta.to(device=x.device, dtype=x.dtype)
+    def _prefill(self, x: Float[Tensor, "b s d"]) -> Float[Tensor, "b s d"]:
+        out = self.edit.edit_prefill(x)
+        return x if out is None else out
 
-    def _decode(self, x: Tensor) -> Tensor:
-        d = self.edit.decode
-        return x if d is None else x + d.to(device=x.device, dtype=x.dtype)
+    def _decode(self, x: Float[Tensor, "b s d"]) -> Float[Tensor, "b s d"]:
+        out = self.edit.edit_decode(x)
+        return x if out is None else out
 
     def __call__(self, x: Tensor, hook: Any = None) -> Tensor:
         """Return the edited activation ``[B, S, D]``."""

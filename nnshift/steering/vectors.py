@@ -123,18 +123,22 @@ class SteeringVector:
         *,
         layer: int | None = None,
         rows: Tensor | Sequence[bool] | Sequence[float] | None = None,
+        op: str = "add",
+        value: float | None = None,
+        gate: Any = None,
     ) -> Patch:
         """A `Patch` adding ``alpha * s`` at ``positions`` (default ``"all"``, like the reference) of ``layer``.
 
         ``alpha`` must be finite and ``alpha * s`` finite in float32 (`nnshift.errors.NonFiniteError`);
-        `nnshift.steer` / `Patch.bind` check it again in the model's dtype.
+        `nnshift.steer` / `Patch.bind` check it again in the model's dtype. ``op`` / ``value`` / ``gate``: another
+        operator or a concept gate (see `Patch`).
         """
         from nnshift.steering.checks import check_alpha, check_edit_finite
         from nnshift.steering.patches import Patch
 
         check_alpha(alpha)
         check_int(layer, "layer", optional=True)
-        patch = Patch(self, alpha=alpha, positions=positions, layer=layer, rows=rows)
+        patch = Patch(self, alpha=alpha, positions=positions, layer=layer, rows=rows, op=op, value=value, gate=gate)
         check_edit_finite(patch)
         return patch
 
