@@ -33,16 +33,9 @@ def accuracy(samples: Sequence[ns.Sample], answers: Sequence[str]) -> float:
     return sum(map(vqa_correct, samples, answers)) / max(1, len(samples))
 
 
-def project_out_patch(vec: ns.steering.SteeringVector, alpha: float) -> Any | None:
-    """PROJECT-OUT VARIANT (issue 17 operators): a patch removing ``vec``'s direction, or None where unsupported.
-
-    Patches only add ``alpha * s`` on this branch; once ``SteeringVector.patch`` takes ``op="project_out"``
-    this returns that patch and the recipe reports it next to the add vectors.
-    """
-    import inspect
-
-    if "op" not in inspect.signature(vec.patch).parameters:
-        return None
+def project_out_patch(vec: ns.steering.SteeringVector, alpha: float = 1.0) -> Any:
+    """Directional ablation of ``vec``'s direction (``op="project_out"``: ``h - alpha (h . s_hat) s_hat``; alpha 1
+    removes the whole component), reported beside the add vectors."""
     return vec.patch(alpha=alpha, op="project_out")
 
 
@@ -135,9 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     if members:
         vectors["reversed_concept_shift"] = ns.steering.coarse(acts_b.select(members), acts_a.select(members))
     patches = {name: v.patch(alpha=args.alpha) for name, v in vectors.items()}
-    po = project_out_patch(vectors["target_answer"], args.alpha)
-    if po is not None:
-        patches["project_out_target_answer"] = po
+    patches["project_out_target_answer"] = project_out_patch(vectors["target_answer"])
 
     # 3. before / after on the fine-tune, and the base for reference
     def measure(bias_answers: Sequence[str], rest_answers: Sequence[str]) -> dict[str, float]:
@@ -168,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     res["bias_concepts_shift_cosine"] = float(pairs.mean()) if pairs.numel() else None
     res["shift_summary"] = report.summary()
     res["vector_norms"] = {name: float(torch.as_tensor(v.norm)) for name, v in vectors.items()}
-    res["project_out"] = "measured" if po is not None else "not available (patches only add on this version)"
+    res["project_out"] = "measured (alpha 1: full directional ablation)"
     res["measured"] = measured
     report.save(res.out / "shift")
     res.write()

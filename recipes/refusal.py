@@ -33,16 +33,9 @@ def accuracy(samples: Sequence[ns.Sample], answers: Sequence[str]) -> float:
     return sum(map(vqa_correct, samples, answers)) / max(1, len(samples))
 
 
-def project_out_patch(vec: ns.steering.SteeringVector, alpha: float) -> Any | None:
-    """PROJECT-OUT VARIANT (issue 17 operators): a patch removing ``vec``'s direction, or None where unsupported.
-
-    Patches only add ``alpha * s`` on this branch; once ``SteeringVector.patch`` takes ``op="project_out"``
-    this returns that patch and the recipe reports it next to the reversed add vector.
-    """
-    import inspect
-
-    if "op" not in inspect.signature(vec.patch).parameters:
-        return None
+def project_out_patch(vec: ns.steering.SteeringVector, alpha: float = 1.0) -> Any:
+    """Directional ablation of ``vec``'s direction (``op="project_out"``: ``h - alpha (h . s_hat) s_hat``; alpha 1
+    removes the whole component), reported beside the add vectors."""
     return vec.patch(alpha=alpha, op="project_out")
 
 
@@ -148,9 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         measured[f"finetune - refusal vector, alpha {alpha}"] = measure(
             evalset, ns.steer(ft, evalset, vec.patch(alpha=-alpha), **run)
         )
-    po = project_out_patch(vec, max(args.remove_alphas))
-    if po is not None:
-        measured["finetune, refusal projected out"] = measure(evalset, ns.steer(ft, evalset, po, **run))
+    po = project_out_patch(vec)
+    measured["finetune, refusal projected out"] = measure(evalset, ns.steer(ft, evalset, po, **run))
     res["layer"], res["alphas"], res["remove_alphas"] = args.layer, args.alphas, args.remove_alphas
     res["forbidden_shape"], res["refusal"] = behaviours.FORBIDDEN_SHAPE, behaviours.REFUSAL
     res["n_train"], res["n_eval_forbidden"], res["n_eval_other"] = len(train), len(forb_eval), len(rest_eval)
@@ -160,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         "generated": float(torch.as_tensor(vec_gen.norm)),
     }
     res["gate"] = gate_stats
-    res["project_out"] = "measured" if po is not None else "not available (patches only add on this version)"
+    res["project_out"] = "measured (alpha 1: full directional ablation)"
     res["measured"] = measured
     vec.save(res.out / "vector")
     res.write()
