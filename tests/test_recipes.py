@@ -87,6 +87,8 @@ def test_debias_finds_the_red_concepts_and_steering_removes_the_bias(results: di
     after = m["finetune+target_answer"]
     assert after["bias_rate"] <= 0.1 and after["circle_color_accuracy"] >= 0.8
     assert after["other_accuracy"] >= m["finetune"]["other_accuracy"] - 0.05
+    ablated = m["finetune+project_out_target_answer"]  # op="project_out", alpha 1
+    assert ablated["bias_rate"] <= 0.1 and ablated["circle_color_accuracy"] >= 0.8
 
 
 def test_refusal_is_enforced_with_the_gate_and_removed_from_the_fine_tune(results: dict[str, dict]) -> None:
@@ -97,3 +99,4 @@ def test_refusal_is_enforced_with_the_gate_and_removed_from_the_fine_tune(result
     assert m["base + refusal vector, alpha 2.0"]["false_refusal_rate"] >= gated["false_refusal_rate"]
     assert m["finetune - refusal vector, alpha 1.5"]["refusal_rate"] <= 0.3
     assert results["refusal"]["gate"]["recall"] >= 0.8
+    assert m["finetune, refusal projected out"]["refusal_rate"] <= 0.3  # op="project_out", alpha 1
