@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nnshift.errors import ArtifactError, StoreError
+from nnshift.errors import ArtifactError, NnshiftError, StoreError
 
 __all__ = [
     "DirLock",
@@ -31,6 +31,7 @@ __all__ = [
     "check_format",
     "check_tensors",
     "read_artifact",
+    "read_json",
     "seal",
     "sha256_bytes",
     "tensor_spec",
@@ -171,15 +172,14 @@ def write_artifact(
     return path
 
 
-def _read_json(file: Path, what: str) -> Any:
+def read_json(file: Path, missing: NnshiftError, broken: str, hint: str = _REMAKE) -> Any:
+    """The JSON in ``file``: raises ``missing`` when there is no such file, `ArtifactError` ``broken: why`` when unreadable."""
     try:
         return json.loads(file.read_bytes())
     except FileNotFoundError as exc:
-        raise ArtifactError(
-            f"no {what} in {str(file.parent)!r}: {file.name} is missing", "pass the folder it was saved to"
-        ) from exc
+        raise missing from exc
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{str(file)!r} cannot be read as JSON: {exc}", _REMAKE) from exc
+        raise ArtifactError(f"{broken}: {exc}", hint) from exc
 
 
 def read_artifact(
@@ -190,7 +190,8 @@ def read_artifact(
 
     path = Path(path)
     where = str(path / f"{kind}.json")
-    manifest = unseal(_read_json(path / f"{kind}.json", kind), repr(where))
+    missing = ArtifactError(f"no {kind} in {str(path)!r}: {kind}.json is missing", "pass the folder it was saved to")
+    manifest = unseal(read_json(path / f"{kind}.json", missing, f"{where!r} cannot be read as JSON"), repr(where))
     check_format(manifest, f"nnshift.{kind}", max_version, repr(where))
     files, doc = manifest.get("files"), manifest.get("doc")
     if not isinstance(files, dict) or not isinstance(doc, dict):

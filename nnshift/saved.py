@@ -7,7 +7,6 @@ their content goes through the same checks (shapes, finiteness, derived data) as
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nnshift.artifacts import SELF_SHA, check_format, read_artifact
+from nnshift.artifacts import SELF_SHA, check_format, read_artifact, read_json
 from nnshift.errors import ArtifactError
 
 __all__ = ["check_finite", "load_saved", "typed_field"]
 
 #: keys that only a current (manifest) file has; a document with none of them is a legacy one
 _MANIFEST_KEYS = ("format", "files", "doc", "tensors", SELF_SHA)
-
-
-def _raw(file: Path, what: str, hint: str) -> Any:
-    """The JSON in ``file``: `ArtifactError` saying "no saved ..." when it is missing, "cannot read" when broken."""
-    try:
-        return json.loads(file.read_bytes())
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"no saved {what} in {str(file.parent)!r}: {file.name} is missing", hint) from exc
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"cannot read the {what} in {str(file.parent)!r}: {exc}", _REMAKE) from exc
 
 
 _REMAKE = "the file is damaged or was edited by hand: save it again (re-run what wrote it)"
@@ -49,8 +38,10 @@ def load_saved(
     from safetensors.torch import load
 
     path = Path(path)
-    raw = _raw(path / f"{kind}.json", what, hint)
-    where = repr(str(path / f"{kind}.json"))
+    json_file = path / f"{kind}.json"
+    missing = ArtifactError(f"no saved {what} in {str(path)!r}: {json_file.name} is missing", hint)
+    raw = read_json(json_file, missing, f"cannot read the {what} in {str(path)!r}", _REMAKE)
+    where = repr(str(json_file))
     if not isinstance(raw, dict):
         raise ArtifactError(f"{where} is not a JSON object (got {type(raw).__name__})", _REMAKE)
     if any(key in raw for key in _MANIFEST_KEYS):

@@ -31,20 +31,16 @@ _SHARD_FIELDS = {"file": str, "n": int, "sha256": str, "ids": list, "sample_ids"
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     """The store manifest of ``path``, checked: JSON object, checksum, format and version, field types."""
-    import json
-
-    from nnshift.artifacts import check_format, unseal
+    from nnshift.artifacts import check_format, read_json, unseal
 
     file = path / ActivationStore.MANIFEST
     hint = "the manifest is damaged: delete the folder and capture again"
+    missing = CorruptStoreError(
+        f"{str(path)!r} is not an activation store (no manifest.json)", "pass the out= folder of ns.capture"
+    )
+    raw = read_json(file, missing, f"manifest of {str(path)!r} cannot be read", hint)
     try:
-        doc = unseal(json.loads(file.read_bytes()), f"manifest {str(file)!r}")
-    except FileNotFoundError as exc:
-        raise CorruptStoreError(
-            f"{str(path)!r} is not an activation store (no manifest.json)", "pass the out= folder of ns.capture"
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"manifest of {str(path)!r} cannot be read: {exc}", hint) from exc
+        doc = unseal(raw, f"manifest {str(file)!r}")
     except ArtifactError as exc:
         raise ArtifactError(exc.message, hint) from exc
     check_format(doc, STORE_FORMAT, STORE_VERSION, f"manifest {str(file)!r}")

@@ -28,6 +28,7 @@ __all__ = [
     "add_data_args",
     "add_generation_args",
     "add_allow_partial",
+    "add_vector_args",
     "require",
 ]
 
@@ -234,6 +235,14 @@ def add_allow_partial(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also read activation stores whose capture did not finish (default: refuse them)",
     )
+
+
+def add_vector_args(p: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    """The group ``title`` with --vector and --patch (a saved SteeringVector or Patch folder), for more kinds."""
+    g = p.add_argument_group(title)
+    g.add_argument("--vector", default=None, help="a saved steering vector folder (SteeringVector.save)")
+    g.add_argument("--patch", default=None, help="a saved patch folder (Patch.save): its vector, layer and positions")
+    return g
 
 
 def require(path: str | None, what: str, kind: str = "any") -> Path:

@@ -20,6 +20,7 @@ __all__ = [
     "load_model",
     "load_data",
     "load_acts",
+    "load_vector",
     "remote_kwargs",
     "write_answers",
     "read_answers",
@@ -95,6 +96,16 @@ def load_artifact(loader: Callable[[Path], Any], path: str | None, what: str) ->
         raise CliError(
             f"{what} {folder} is broken ({type(exc).__name__}: {exc})", "write it again with the nnshift command"
         ) from exc
+
+
+def load_vector(path: str, several: str) -> Any:
+    """The SteeringVector saved in ``path`` (--vector); a save_vectors folder is a CliError with hint ``several``."""
+    import nnshift as ns
+
+    folder = require(path, "--vector folder", "dir")
+    if (folder / "vectors.json").exists() and not (folder / "vector.json").exists():
+        raise CliError(f"{folder} holds several vectors (save_vectors)", several)
+    return load_artifact(ns.steering.SteeringVector.load, path, "--vector")
 
 
 def load_model(args: argparse.Namespace) -> Any:

@@ -13,18 +13,19 @@ from nnshift.cli.common import (
     add_data_args,
     add_generation_args,
     add_model_args,
+    add_vector_args,
     finite_float,
     layer_int,
     name_list,
     non_negative_int,
     positive_int,
-    require,
 )
 from nnshift.cli.loaders import (
     load_acts,
     load_artifact,
     load_data,
     load_model,
+    load_vector,
     remote_kwargs,
     write_answers,
     write_json,
@@ -43,9 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `nnshift steer`."""
     add_model_args(p)
     add_data_args(p)
-    g = p.add_argument_group("the steering vector (one kind)")
-    g.add_argument("--vector", default=None, help="a saved steering vector folder")
-    g.add_argument("--patch", default=None, help="a saved patch folder (Patch.save), applied as it is")
+    g = add_vector_args(p, "the steering vector (one kind)")
     g.add_argument("--source", default=None, help="coarse: activations of the source set")
     g.add_argument("--target", default=None, help="coarse: activations of the target set")
     g.add_argument("--acts", default=None, help="activations for --source-answer/--target-answer or answer types")
@@ -122,21 +121,12 @@ def _fine_pair(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _load_saved_vector(path: str) -> Any:
-    import nnshift as ns
-
-    folder = require(path, "--vector folder", "dir")
-    if (folder / "vectors.json").exists() and not (folder / "vector.json").exists():
-        raise CliError(f"{folder} holds several vectors (save_vectors)", "pass the folder of one SteeringVector.save")
-    return load_artifact(ns.steering.SteeringVector.load, path, "--vector")
-
-
 def _make_vector(args: argparse.Namespace, kind: str) -> Any:
     """The SteeringVector (or saved Patch) the options ask for, except --by-impact."""
     import nnshift as ns
 
     if kind == "vector":
-        return _load_saved_vector(args.vector)
+        return load_vector(args.vector, "pass the folder of one SteeringVector.save")
     if kind == "patch":
         load = getattr(ns.steering.Patch, "load", None)
         if load is None:

@@ -12,13 +12,14 @@ from nnshift.cli.common import (
     add_data_args,
     add_generation_args,
     add_model_args,
+    add_vector_args,
     finite_float,
     float_list,
     layer_list,
     name_list,
     require,
 )
-from nnshift.cli.loaders import load_artifact, load_data, load_model, write_json
+from nnshift.cli.loaders import load_artifact, load_data, load_model, load_vector, write_json
 
 __all__ = ["COMMAND", "parse_target"]
 
@@ -29,9 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `nnshift sweep`."""
     add_model_args(p)
     add_data_args(p)
-    g = p.add_argument_group("the steering vector (one of)")
-    g.add_argument("--vector", default=None, help="a saved steering vector folder (SteeringVector.save)")
-    g.add_argument("--patch", default=None, help="a saved patch folder (Patch.save): its vector, layer and positions")
+    g = add_vector_args(p, "the steering vector (one of)")
     g.add_argument("--vectors", default=None, help="a save_vectors folder keyed by layer: one vector per layer")
     p.add_argument("--target", required=True, help=f"what the steering aims at: {_TARGETS}")
     p.add_argument("--keywords", type=name_list, default=None, help="with style:NAME: the style's keywords, a,b,c")
@@ -91,9 +90,7 @@ def _vector(args: argparse.Namespace) -> Any:
     if len(given) != 1:
         raise CliError(f"give exactly one of --vector, --patch, --vectors (got {len(given)})", "e.g. --vector DIR")
     if args.vector is not None:
-        if (require(args.vector, "--vector folder", "dir") / "vectors.json").exists():
-            raise CliError(f"{args.vector} holds several vectors (save_vectors)", "pass it as --vectors")
-        return load_artifact(ns.steering.SteeringVector.load, args.vector, "--vector")
+        return load_vector(args.vector, "pass it as --vectors")
     if args.patch is not None:
         return load_artifact(ns.steering.Patch.load, args.patch, "--patch")
     vectors = load_artifact(load_vectors, args.vectors, "--vectors")

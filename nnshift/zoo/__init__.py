@@ -2,7 +2,8 @@
 
 ``names()`` lists the shipped models; ``load(name)`` loads one through ``nnshift.load`` (the same path as a real
 LLaVA); ``path(name)`` / ``base_path(name)`` / ``adapter_path(name)`` give their folders; ``dataset(...)`` draws
-samples; ``load_hf(name)`` gives the plain transformers (+ PEFT) model and processor.
+samples; ``load_hf(name)`` gives the plain transformers (+ PEFT) model and processor. Every public name of
+`nnshift.zoo.world` (scenes, captions, VQA, writers) is re-exported here.
 """
 
 from __future__ import annotations
@@ -16,29 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from nnshift.errors import ZooError
-from nnshift.zoo.world import (
-    BACKGROUNDS,
-    CAPTION_PROMPT,
-    COLORS,
-    POSITIONS,
-    SHAPES,
-    SIZES,
-    STYLES,
-    caption,
-    dataset,
-    write_coco_captions,
-    write_vqav2,
-)
+from nnshift.zoo import world
+from nnshift.zoo.world import *  # noqa: F403 (the shapes world: its scenes, captions, VQA and writers)
 
 __all__ = [
     "CHECKPOINTS",
-    "SHAPES",
-    "COLORS",
-    "SIZES",
-    "POSITIONS",
-    "BACKGROUNDS",
-    "STYLES",
-    "CAPTION_PROMPT",
     "names",
     "path",
     "base_path",
@@ -46,11 +29,8 @@ __all__ = [
     "merged_path",
     "load",
     "load_hf",
-    "dataset",
-    "caption",
-    "write_coco_captions",
-    "write_vqav2",
 ]
+__all__ += world.__all__
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 _MODELS: dict[str, str | None] = {

@@ -148,4 +148,4 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     "paligemma": _build_paligemma,
     "gemma4": _build_gemma4,
 }
-MULTIMODAL: tuple[str, ...] = ("gemma3", "paligemma", "gemma4")
+MULTIMODAL: tuple[str, ...] = tuple(BUILDERS)

@@ -77,4 +77,4 @@ def _build_video_llava(folder: Path, vision_layers: int = 2, text_layers: int = 
 
 
 BUILDERS: dict[str, Callable[..., Path]] = {"deepseek_vl": _build_deepseek_vl, "video_llava": _build_video_llava}
-MULTIMODAL: tuple[str, ...] = ("deepseek_vl", "video_llava")
+MULTIMODAL: tuple[str, ...] = tuple(BUILDERS)

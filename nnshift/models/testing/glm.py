@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,5 @@ def _build_glm4v(folder: Path, moe: bool = False, vision_layers: int = 2, text_l
     return finish(model, tok, folder, proc)
 
 
-def _build_glm4v_moe(folder: Path, **kw: Any) -> Path:
-    """Tiny Glm4vMoeForConditionalGeneration."""
-    return _build_glm4v(folder, moe=True, **kw)
-
-
-BUILDERS: dict[str, Callable[..., Path]] = {"glm4v": _build_glm4v, "glm4v_moe": _build_glm4v_moe}
-MULTIMODAL: tuple[str, ...] = ("glm4v", "glm4v_moe")
+BUILDERS: dict[str, Callable[..., Path]] = {"glm4v": _build_glm4v, "glm4v_moe": partial(_build_glm4v, moe=True)}
+MULTIMODAL: tuple[str, ...] = tuple(BUILDERS)

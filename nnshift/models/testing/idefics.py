@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +97,9 @@ def _build_idefics3(
     return finish(model, tok, folder, proc)
 
 
-def _build_smolvlm(folder: Path, **kw: Any) -> Path:
-    """Tiny SmolVLMForConditionalGeneration."""
-    return _build_idefics3(folder, smolvlm=True, **kw)
-
-
 BUILDERS: dict[str, Callable[..., Path]] = {
     "idefics2": _build_idefics2,
     "idefics3": _build_idefics3,
-    "smolvlm": _build_smolvlm,
+    "smolvlm": partial(_build_idefics3, smolvlm=True),
 }
-MULTIMODAL: tuple[str, ...] = ("idefics2", "idefics3", "smolvlm")
+MULTIMODAL: tuple[str, ...] = tuple(BUILDERS)

@@ -119,4 +119,4 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     "llava_next": _build_llava_next,
     "llava_onevision": _build_llava_onevision,
 }
-MULTIMODAL: tuple[str, ...] = ("llava", "llava_next", "llava_onevision")
+MULTIMODAL: tuple[str, ...] = tuple(BUILDERS)

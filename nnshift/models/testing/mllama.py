@@ -66,4 +66,4 @@ def _build_mllama(folder: Path, vision_layers: int = 2, text_layers: int = 2, **
 
 
 BUILDERS: dict[str, Callable[..., Path]] = {"mllama": _build_mllama}
-MULTIMODAL: tuple[str, ...] = ("mllama",)
+MULTIMODAL: tuple[str, ...] = tuple(BUILDERS)

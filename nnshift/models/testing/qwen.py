@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,6 @@ def _build_qwen_vl(folder: Path, version: str, vision_layers: int = 2, text_laye
     return finish(model, tok, folder, proc)
 
 
-def _build_qwen2_vl(folder: Path, **kw: Any) -> Path:
-    """Tiny Qwen2VLForConditionalGeneration."""
-    return _build_qwen_vl(folder, "2", **kw)
-
-
-def _build_qwen2_5_vl(folder: Path, **kw: Any) -> Path:
-    """Tiny Qwen2_5_VLForConditionalGeneration."""
-    return _build_qwen_vl(folder, "2.5", **kw)
-
-
 def _qwen3_tokens(tok: Any) -> dict[str, Any]:
     """The placeholder token ids of a Qwen-VL config."""
     ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
@@ -103,15 +94,10 @@ def _build_qwen3_vl(folder: Path, moe: bool = False, vision_layers: int = 2, tex
     return finish(model, tok, folder, proc)
 
 
-def _build_qwen3_vl_moe(folder: Path, **kw: Any) -> Path:
-    """Tiny Qwen3VLMoeForConditionalGeneration."""
-    return _build_qwen3_vl(folder, moe=True, **kw)
-
-
 BUILDERS: dict[str, Callable[..., Path]] = {
-    "qwen2_vl": _build_qwen2_vl,
-    "qwen2_5_vl": _build_qwen2_5_vl,
+    "qwen2_vl": partial(_build_qwen_vl, version="2"),
+    "qwen2_5_vl": partial(_build_qwen_vl, version="2.5"),
     "qwen3_vl": _build_qwen3_vl,
-    "qwen3_vl_moe": _build_qwen3_vl_moe,
+    "qwen3_vl_moe": partial(_build_qwen3_vl, moe=True),
 }
-MULTIMODAL: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+MULTIMODAL: tuple[str, ...] = tuple(BUILDERS)

@@ -98,4 +98,4 @@ def _build_aya_vision(folder: Path, vision_layers: int = 2, text_layers: int = 2
 
 
 BUILDERS: dict[str, Callable[..., Path]] = {"internvl": _build_internvl, "aya_vision": _build_aya_vision}
-MULTIMODAL: tuple[str, ...] = ("internvl", "aya_vision")
+MULTIMODAL: tuple[str, ...] = tuple(BUILDERS)
