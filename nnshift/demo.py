@@ -43,12 +43,12 @@ def _circle_colour(meta: dict[str, Any]) -> str | None:
 #: held-out half (docs/steering.md "Sweeps and calibration" measures the whole range on the shapes world)
 ALPHAS_TYPE: tuple[float, ...] = (1.0, 1.5, 2.0)
 ALPHAS_NO: tuple[float, ...] = (0.25, 0.3, 0.5)
-ALPHAS_CAPTION: tuple[float, ...] = (0.5, 1.0, 1.5)
+ALPHAS_CAPTION: tuple[float, ...] = (0.5, 1.0)
 MAX_UNTOUCHED_DROP = 0.02
 
 
 def caption_layer(n_layers: int) -> int:
-    """The layer the demo steers caption style at: ``round(0.6 L) - 1`` (the paper's 20 of 32; 1 for the zoo's 4)."""
+    """The first caption-style layer the demo calibrates: ``round(0.6 L) - 1`` (the paper's 20 of 32; 1 of 4)."""
     return max(0, round(0.6 * n_layers) - 1)
 
 
@@ -332,19 +332,20 @@ def _steer_captions(base: Any, colors: Any, n_vqa: int, n_eval: int) -> _Caption
     n_cap = max(30, n_eval // 3)
     cap_eval = zoo.dataset(n_cap, style="generic", task="caption", seed=205)
     c: dict[str, Any] = {"max_new_tokens": 24, "progress": False}
-    source = _capture1(base, caps, layer=layer, at=ns.positions.generated(reduce="mean"), **c)
+    layers = sorted({layer, min(layer + 1, base.n_layers - 1)})  # calibrate chooses the layer too
+    source = ns.capture(base, caps, layer=layers, at=ns.positions.generated(reduce="mean"), **c)
     # target: the colour fine-tune's states where it says a colour word (greedy shapes-base rarely does)
-    target = _capture1(colors, caps, layer=layer, at=ns.positions.token_of_interest(list(zoo.COLORS)), **c)
-    vec = ns.steering.coarse(source, target, layer=layer)
-    keep = zoo.dataset(n_cap, task="vqa", seed=206)  # questions whose accuracy the caption style must keep
+    target = ns.capture(colors, caps, layer=layers, at=ns.positions.token_of_interest(list(zoo.COLORS)), **c)
+    vecs = {k: ns.steering.coarse(source[k], target[k], layer=k) for k in layers}
+    keep = zoo.dataset(2 * n_cap, task="vqa", seed=206)  # questions whose accuracy the style must keep
     cal = ns.steering.calibrate(
-        base, vec, cap_eval, target=CaptionStyle("colors"), alphas=ALPHAS_CAPTION, keep=keep,
+        base, vecs, cap_eval, target=CaptionStyle("colors"), alphas=ALPHAS_CAPTION, keep=keep,
         max_untouched_drop=MAX_UNTOUCHED_DROP, fluency=False, **c,
     )  # fmt: skip
     before, after = cal.held_out_unsteered, cal.held_out_row
     styles = {"colors": zoo.COLORS, "places": zoo.BACKGROUNDS}
     return _CaptionSteering(
-        layer=layer,
+        layer=cal.layer,
         steering=_Calibrated(cal, before.target_rate, after.target_rate),
         before=caption_report(before.answers, styles),
         after=caption_report(after.answers, styles),
@@ -436,8 +437,8 @@ def _steering_section(rep: Report, vqa: _VQASteering, cap: _CaptionSteering) -> 
         "ns.steering.calibrate: the highest target rate on a validation half of the evaluation samples that "
         f"keeps the other answer types' accuracy within {100 * MAX_UNTOUCHED_DROP:g} points; every number below "
         "is measured on the other, held-out half. Caption style: from the mean generated-token state of "
-        "shapes-base captions to the states where shapes-colors says a colour word, at layer "
-        f"{cap.layer}, keeping the accuracy of VQA questions.",
+        "shapes-base captions to the states where shapes-colors says a colour word, at the layer calibrate "
+        f"chose ({cap.layer}), keeping the accuracy of VQA questions.",
     )
     sec.findings += _vqa_findings(vqa)
     rb, ra = cap.before.rates, cap.after.rates
@@ -445,7 +446,7 @@ def _steering_section(rep: Report, vqa: _VQASteering, cap: _CaptionSteering) -> 
     sec.findings.append(
         f"caption style ({_why(cap.steering)}): captions naming a colour go from {rb.get('colors', 0):.0%} to "
         f"{ra.get('colors', 0):.0%}, naming a background from {rb.get('places', 0):.0%} to "
-        f"{ra.get('places', 0):.0%}; the kept questions' accuracy moves by {-100 * held.max_drop:+.1f} points at most."
+        f"{ra.get('places', 0):.0%}; largest drop of the kept questions' accuracy: {100 * held.max_drop:+.1f} points."
     )
     rows = [*_validation_rows("yes/no -> number", vqa.coarse), *_validation_rows("yes -> no", vqa.to_no)]
     rows += _validation_rows("caption style", cap.steering)
