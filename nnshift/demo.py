@@ -336,6 +336,7 @@ def _steer_captions(base: Any, colors: Any, n_vqa: int, n_eval: int) -> _Caption
     source = ns.capture(base, caps, layer=layers, at=ns.positions.generated(reduce="mean"), **c)
     # target: the colour fine-tune's states where it says a colour word (greedy shapes-base rarely does)
     target = ns.capture(colors, caps, layer=layers, at=ns.positions.token_of_interest(list(zoo.COLORS)), **c)
+    assert isinstance(source, dict) and isinstance(target, dict)  # a list of layers gives {layer: Activations}
     vecs = {k: ns.steering.coarse(source[k], target[k], layer=k) for k in layers}
     keep = zoo.dataset(2 * n_cap, task="vqa", seed=206)  # questions whose accuracy the style must keep
     cal = ns.steering.calibrate(
