@@ -218,6 +218,9 @@ def steering_block(docs: dict[str, dict[str, Any]]) -> str:
         "**Prompting baselines as the tiny model reads them** (it only knows its own 80 words):",
         prompt_table(docs),
         "![Pareto fronts of the four targets](img/steering-sweep-pareto.png)",
+        "Per target, the Pareto plot and the layer × α heat map of the target rate are "
+        + ", ".join(f"`benchmarks/results/steering_sweep/{n}-{{pareto,heatmap}}.png`" for n in docs)
+        + ".",
     ]
     for name, doc in docs.items():
         parts.append(f"<details><summary>{NAMES[name]}: the full sweep</summary>\n\n{report(doc).table()}\n</details>")
