@@ -23,6 +23,7 @@ import torch
 if TYPE_CHECKING:
     from nnshift.evaluate import CaptionReport, VQAComparison
     from nnshift.report import Report
+    from nnshift.steering import Calibration
     from nnshift.store import Activations
 
 __all__ = ["caption_layer", "run_demo"]
@@ -36,16 +37,18 @@ def _circle_colour(meta: dict[str, Any]) -> str | None:
     return None
 
 
-#: strengths the demo sweeps for its two VQA steerings (docs/steering.md measures the whole range on the shapes
-#: world); it keeps the strongest one that is selective on this run (no untouched answer type moves by more than
-#: `nnshift.report.SELECTIVE_POINTS`), or else the weakest one, and says what it costs
+#: strengths `nnshift.steering.calibrate` tries for each steering (at the last layer for VQA, at `caption_layer`
+#: for captions): the point with the highest target rate on a validation half of the evaluation samples whose
+#: untouched accuracy drops by at most `MAX_UNTOUCHED_DROP` is kept, and the report shows its numbers on the other,
+#: held-out half (docs/steering.md "Sweeps and calibration" measures the whole range on the shapes world)
 ALPHAS_TYPE: tuple[float, ...] = (1.0, 1.5, 2.0)
-ALPHAS_NO: tuple[float, ...] = (0.3, 0.5)
-ALPHA_CAPTION = 1.0
+ALPHAS_NO: tuple[float, ...] = (0.25, 0.3, 0.5)
+ALPHAS_CAPTION: tuple[float, ...] = (0.5, 1.0)
+MAX_UNTOUCHED_DROP = 0.02
 
 
 def caption_layer(n_layers: int) -> int:
-    """The layer the demo steers caption style at: ``round(0.6 L) - 1`` (the paper's 20 of 32; 1 for the zoo's 4)."""
+    """The first caption-style layer the demo calibrates: ``round(0.6 L) - 1`` (the paper's 20 of 32; 1 of 4)."""
     return max(0, round(0.6 * n_layers) - 1)
 
 
@@ -253,90 +256,65 @@ def _shift_stage(rep: Report, base: Any, acts_a: Activations, acts_b: Activation
 
 
 @dataclass
-class _Tried:
-    """One strength of a sweep: alpha, the steering's effect (a share) and the comparison with the unsteered run."""
+class _Calibrated:
+    """One calibrated steering: the `Calibration` and its held-out numbers (unsteered vs the chosen point)."""
 
-    alpha: float
+    calibration: Calibration
+    effect_before: float
     effect: float
-    comparison: VQAComparison
-
-    @property
-    def selective(self) -> bool:
-        """No untouched answer type's accuracy moved by more than `SELECTIVE_POINTS`."""
-        from nnshift.report import SELECTIVE_POINTS, max_untouched_move
-
-        return max_untouched_move(self.comparison.untouched_accuracy) <= SELECTIVE_POINTS
+    comparison: Any = None  # a VQAComparison for a VQA steering
 
 
-def _choose(tried: list[_Tried]) -> _Tried:
-    """The strongest selective strength (largest effect, then smallest alpha), else the weakest strength tried."""
-    ok = [t for t in tried if t.selective]
-    if not ok:
-        return min(tried, key=lambda t: t.alpha)
-    return max(ok, key=lambda t: (t.effect, -t.alpha))
+def _calibrated_vqa(cal: Calibration, samples: list[Any], **compare: Any) -> _Calibrated:
+    """A VQA calibration with the `compare_vqa` of its held-out answers (unsteered vs the chosen point)."""
+    from nnshift.evaluate import compare_vqa
+
+    before, after, by_id = cal.held_out_unsteered, cal.held_out_row, {s.id: s for s in samples}
+    cmp = compare_vqa(before.answers, after.answers, [by_id[i] for i in cal.held_out.sample_ids], **compare)
+    return _Calibrated(cal, before.target_rate, after.target_rate, cmp)
 
 
 @dataclass
 class _VQASteering:
-    """The two VQA steerings of the demo: every strength tried, and the chosen one of each."""
+    """The two calibrated VQA steerings of the demo."""
 
-    type_sweep: list[_Tried]
-    no_sweep: list[_Tried]
-    number_share_before: float
-
-    @property
-    def coarse(self) -> _Tried:
-        """The chosen yes/no -> number strength."""
-        return _choose(self.type_sweep)
-
-    @property
-    def to_no(self) -> _Tried:
-        """The chosen yes -> no strength."""
-        return _choose(self.no_sweep)
+    coarse: _Calibrated
+    to_no: _Calibrated
 
 
 def _steer_vqa(base: Any, n_vqa: int, n_eval: int) -> _VQASteering:
-    """Coarse yes/no -> number and target answer yes -> no at the last layer, swept over strengths, on fresh questions."""
+    """Coarse yes/no -> number and target answer yes -> no at the last layer, each calibrated on fresh questions."""
     import nnshift as ns
     from nnshift import zoo
-    from nnshift.evaluate import answer_type, compare_vqa
+    from nnshift.steering import AnswerTypeTarget, TargetAnswer
 
     last = base.n_layers - 1
     q: dict[str, Any] = {"max_new_tokens": 4, "progress": False}
     yesno = zoo.dataset(n_vqa, task="vqa", answer_type="yes/no", seed=201)
     number = zoo.dataset(n_vqa, task="vqa", answer_type="number", seed=202)
     evalset = zoo.dataset(n_eval, task="vqa", seed=203)
-    before = ns.generate(base, evalset, **q)
-    idx = [i for i, s in enumerate(evalset) if s.meta.get("answer_type") == "yes/no"]
-
-    def number_share(answers: list[str]) -> float:
-        return sum(answer_type(answers[i]) == "number" for i in idx) / max(1, len(idx))
-
     acts = _capture1(base, yesno + number, layer=last, at="last_prompt", progress=False)
     vec = ns.steering.answer_type_vector(acts, "yes/no", "number", by="reference")
-    type_sweep = []
-    for a in ALPHAS_TYPE:
-        after = ns.steer(base, evalset, vec.patch(alpha=a), **q)
-        cmp = compare_vqa(before, after, evalset, touched=["yes/no", "number"])
-        type_sweep.append(_Tried(a, number_share(after), cmp))
-
     yn_acts = _capture1(base, yesno, layer=last, at="last_prompt", progress=False)
     yn_acts.answers = ns.generate(base, yesno, **q)
     vec_no = ns.steering.target_answer(yn_acts, "yes", "no")
-    no_sweep = []
-    for a in ALPHAS_NO:
-        cmp = compare_vqa(
-            before, ns.steer(base, evalset, vec_no.patch(alpha=a), **q), evalset, source="yes", target="no"
-        )
-        no_sweep.append(_Tried(a, cmp.turned / max(1, cmp.source_counts[0]), cmp))
-    return _VQASteering(type_sweep=type_sweep, no_sweep=no_sweep, number_share_before=number_share(before))
+    c = {"max_untouched_drop": MAX_UNTOUCHED_DROP, "fluency": False, **q}
+    cal_type = ns.steering.calibrate(
+        base, vec, evalset, target=AnswerTypeTarget("yes/no", "number"), alphas=ALPHAS_TYPE, **c
+    )
+    cal_no = ns.steering.calibrate(base, vec_no, evalset, target=TargetAnswer("yes", "no"), alphas=ALPHAS_NO, **c)
+    return _VQASteering(
+        coarse=_calibrated_vqa(cal_type, evalset, touched=["yes/no", "number"]),
+        to_no=_calibrated_vqa(cal_no, evalset, source="yes", target="no"),
+    )
 
 
 @dataclass
 class _CaptionSteering:
-    """The caption-style steering of the demo: layer, style reports and captions before and after."""
+    """The caption-style steering of the demo: layer, calibration, style reports and held-out captions before/after."""
 
     layer: int
+    steering: _Calibrated
     before: CaptionReport
     after: CaptionReport
     captions: list[tuple[str, str]]
@@ -347,28 +325,37 @@ def _steer_captions(base: Any, colors: Any, n_vqa: int, n_eval: int) -> _Caption
     import nnshift as ns
     from nnshift import zoo
     from nnshift.evaluate import caption_report
+    from nnshift.steering import CaptionStyle
 
     layer = caption_layer(base.n_layers)
     caps = zoo.dataset(n_vqa, style="generic", task="caption", seed=204)
-    cap_eval = zoo.dataset(max(30, n_eval // 3), style="generic", task="caption", seed=205)
+    n_cap = max(30, n_eval // 3)
+    cap_eval = zoo.dataset(n_cap, style="generic", task="caption", seed=205)
     c: dict[str, Any] = {"max_new_tokens": 24, "progress": False}
-    source = _capture1(base, caps, layer=layer, at=ns.positions.generated(reduce="mean"), **c)
+    layers = sorted({layer, min(layer + 1, base.n_layers - 1)})  # calibrate chooses the layer too
+    source = ns.capture(base, caps, layer=layers, at=ns.positions.generated(reduce="mean"), **c)
     # target: the colour fine-tune's states where it says a colour word (greedy shapes-base rarely does)
-    target = _capture1(colors, caps, layer=layer, at=ns.positions.token_of_interest(list(zoo.COLORS)), **c)
+    target = ns.capture(colors, caps, layer=layers, at=ns.positions.token_of_interest(list(zoo.COLORS)), **c)
+    assert isinstance(source, dict) and isinstance(target, dict)  # a list of layers gives {layer: Activations}
+    vecs = {k: ns.steering.coarse(source[k], target[k], layer=k) for k in layers}
+    keep = zoo.dataset(2 * n_cap, task="vqa", seed=206)  # questions whose accuracy the style must keep
+    cal = ns.steering.calibrate(
+        base, vecs, cap_eval, target=CaptionStyle("colors"), alphas=ALPHAS_CAPTION, keep=keep,
+        max_untouched_drop=MAX_UNTOUCHED_DROP, fluency=False, **c,
+    )  # fmt: skip
+    before, after = cal.held_out_unsteered, cal.held_out_row
     styles = {"colors": zoo.COLORS, "places": zoo.BACKGROUNDS}
-    cap_before = ns.generate(base, cap_eval, **c)
-    vec = ns.steering.coarse(source, target, layer=layer)
-    cap_after = ns.steer(base, cap_eval, vec.patch(alpha=ALPHA_CAPTION), **c)
     return _CaptionSteering(
-        layer=layer,
-        before=caption_report(cap_before, styles),
-        after=caption_report(cap_after, styles),
-        captions=list(zip(cap_before, cap_after, strict=True)),
+        layer=cal.layer,
+        steering=_Calibrated(cal, before.target_rate, after.target_rate),
+        before=caption_report(before.answers, styles),
+        after=caption_report(after.answers, styles),
+        captions=list(zip(before.answers, after.answers, strict=True)),
     )
 
 
 def _steering_figure(vqa: _VQASteering, cap: _CaptionSteering) -> Any:
-    """Before / after bars of each steering's effect and of the accuracy on the answer types it should not touch."""
+    """Before / after bars (held-out samples) of each steering's effect and of the accuracy it should not touch."""
     from nnshift.plots import BeforeAfter, plot_before_after
 
     def untouched(r: VQAComparison, title: str) -> BeforeAfter:
@@ -376,26 +363,27 @@ def _steering_figure(vqa: _VQASteering, cap: _CaptionSteering) -> Any:
         before, after = [d["before"] for d in u.values()], [d["after"] for d in u.values()]
         return BeforeAfter(title, list(u), before, after, "accuracy")
 
-    coarse, to_no = vqa.coarse, vqa.to_no.comparison
+    coarse, no = vqa.coarse, vqa.to_no
+    to_no = no.comparison
     n = max(1, to_no.before.n)
     rb, ra = cap.before.rates, cap.after.rates
     panels = [
         BeforeAfter(
-            f"yes/no questions answered with a number (alpha {coarse.alpha:g})",
+            f"yes/no questions answered with a number (alpha {coarse.calibration.alpha:g})",
             ["number"],
-            [vqa.number_share_before],
+            [coarse.effect_before],
             [coarse.effect],
         ),
         untouched(coarse.comparison, "yes/no -> number: accuracy on the other types"),
         BeforeAfter(
-            f"answers 'yes' / 'no', all questions (yes -> no, alpha {vqa.to_no.alpha:g})",
+            f"answers 'yes' / 'no', all questions (yes -> no, alpha {no.calibration.alpha:g})",
             ["yes", "no"],
             [to_no.source_counts[0] / n, to_no.target_counts[0] / n],
             [to_no.source_counts[1] / n, to_no.target_counts[1] / n],
         ),
         untouched(to_no, "yes -> no: accuracy on the other types"),
         BeforeAfter(
-            f"captions naming a colour / a background (alpha {ALPHA_CAPTION:g})",
+            f"captions naming a colour / a background (alpha {cap.steering.calibration.alpha:g})",
             ["colours", "places"],
             [rb.get("colors", 0.0), rb.get("places", 0.0)],
             [ra.get("colors", 0.0), ra.get("places", 0.0)],
@@ -404,39 +392,38 @@ def _steering_figure(vqa: _VQASteering, cap: _CaptionSteering) -> Any:
     return plot_before_after(panels, ncols=5)
 
 
-def _sweep_rows(name: str, effect: str, tried: list[_Tried]) -> list[dict[str, Any]]:
-    """One table row per strength tried: effect, accuracy moved on the untouched types, selective, chosen."""
-    chosen = _choose(tried)
+def _validation_rows(name: str, c: _Calibrated) -> list[dict[str, Any]]:
+    """One table row per strength tried on the validation half: target rate, untouched drop, chosen."""
+    cal = c.calibration
     return [
-        {"steering": name, "alpha": t.alpha, effect: f"{t.effect:.0%}"}
-        | {
-            "accuracy moved on untouched types (points)": ", ".join(
-                f"{k} {100 * d['delta']:+.1f}" for k, d in t.comparison.untouched_accuracy.items()
-            ),
-            "selective": "yes" if t.selective else "no",
-            "chosen": "yes" if t is chosen else "",
-        }
-        for t in tried
+        {"steering": name, "layer": r.layer, "alpha": r.alpha, "target rate": f"{r.target_rate:.0%}"}
+        | {"untouched accuracy drop (points)": f"{100 * r.max_drop:+.1f}", "chosen": "yes" if r is cal.chosen else ""}
+        for r in cal.validation.steering
     ]
 
 
-def _vqa_findings(vqa: _VQASteering) -> list[str]:
-    """The findings of the two VQA steerings, every claim computed from this run's numbers."""
-    from nnshift.report import SELECTIVE_POINTS, untouched_finding
+def _why(c: _Calibrated) -> str:
+    """How the strength was chosen, from the calibration itself."""
+    cal = c.calibration
+    alphas = ", ".join(f"{r.alpha:g}" for r in cal.validation.steering)
+    n_val, n_held = len(cal.validation.sample_ids), len(cal.held_out.sample_ids)
+    limit = 100 * cal.max_untouched_drop
+    if cal.met:
+        how = f"the strongest of {{{alphas}}} that kept the untouched accuracy within {limit:g} points"
+    else:
+        how = f"the least damaging of {{{alphas}}}: none kept the untouched accuracy within {limit:g} points"
+    return f"alpha {cal.alpha:g}, {how} on {n_val} validation samples; measured on {n_held} held-out ones"
 
-    def why(tried: list[_Tried]) -> str:
-        alphas = ", ".join(f"{t.alpha:g}" for t in tried)
-        if any(t.selective for t in tried):
-            return f"alpha {_choose(tried).alpha:g}, the strongest selective one of {{{alphas}}}"
-        return (
-            f"alpha {_choose(tried).alpha:g}, the weakest of {{{alphas}}}: none kept within {SELECTIVE_POINTS:g} points"
-        )
+
+def _vqa_findings(vqa: _VQASteering) -> list[str]:
+    """The findings of the two VQA steerings, every claim computed from this run's held-out numbers."""
+    from nnshift.report import untouched_finding
 
     c, n = vqa.coarse, vqa.to_no
     return [
-        f"yes/no -> number ({why(vqa.type_sweep)}): the share of number answers to yes/no questions goes from "
-        f"{vqa.number_share_before:.0%} to {c.effect:.0%}; {untouched_finding(c.comparison.untouched_accuracy)}.",
-        f"yes -> no ({why(vqa.no_sweep)}): {n.comparison.turned} of the {n.comparison.source_counts[0]} questions "
+        f"yes/no -> number ({_why(c)}): the share of number answers to yes/no questions goes from "
+        f"{c.effect_before:.0%} to {c.effect:.0%}; {untouched_finding(c.comparison.untouched_accuracy)}.",
+        f"yes -> no ({_why(n)}): {n.comparison.turned} of the {n.comparison.source_counts[0]} questions "
         f"answered 'yes' ({n.effect:.0%}) are answered 'no' after steering; "
         f"{untouched_finding(n.comparison.untouched_accuracy)}.",
     ]
@@ -447,47 +434,66 @@ def _steering_section(rep: Report, vqa: _VQASteering, cap: _CaptionSteering) -> 
     sec = rep.section(
         "Steering shapes-base without training",
         "Coarse vector = mean(target states) - mean(source states) at the last prompt token of the last layer, "
-        "added at every position and generation step; each VQA steering is swept over a few strengths and the "
-        "strongest one that leaves the other answer types' accuracy within 2 points is shown. Caption style: from "
-        "the mean generated-token state of shapes-base captions to the states where shapes-colors says a colour "
-        f"word, at layer {cap.layer} (alpha = {ALPHA_CAPTION:g}).",
+        "added at every position and generation step. Each steering's strength is chosen by "
+        "ns.steering.calibrate: the highest target rate on a validation half of the evaluation samples that "
+        f"keeps the other answer types' accuracy within {100 * MAX_UNTOUCHED_DROP:g} points; every number below "
+        "is measured on the other, held-out half. Caption style: from the mean generated-token state of "
+        "shapes-base captions to the states where shapes-colors says a colour word, at the layer calibrate "
+        f"chose ({cap.layer}), keeping the accuracy of VQA questions.",
     )
     sec.findings += _vqa_findings(vqa)
     rb, ra = cap.before.rates, cap.after.rates
+    held = cap.steering.calibration.held_out_row
     sec.findings.append(
-        f"caption style: captions naming a colour go from {rb.get('colors', 0):.0%} to {ra.get('colors', 0):.0%}, "
-        f"naming a background from {rb.get('places', 0):.0%} to {ra.get('places', 0):.0%}."
+        f"caption style ({_why(cap.steering)}): captions naming a colour go from {rb.get('colors', 0):.0%} to "
+        f"{ra.get('colors', 0):.0%}, naming a background from {rb.get('places', 0):.0%} to "
+        f"{ra.get('places', 0):.0%}; largest drop of the kept questions' accuracy: {100 * held.max_drop:+.1f} points."
     )
-    sweep = _sweep_rows("yes/no -> number", "effect", vqa.type_sweep) + _sweep_rows("yes -> no", "effect", vqa.no_sweep)
-    sec.tables.append(("strengths tried (effect: number answers to yes/no questions; 'yes' turned to 'no')", sweep))
-    acc = [(t.comparison.before.accuracy_by_type, t.comparison.after.accuracy_by_type) for t in (vqa.coarse, vqa.to_no)]
+    rows = [*_validation_rows("yes/no -> number", vqa.coarse), *_validation_rows("yes -> no", vqa.to_no)]
+    rows += _validation_rows("caption style", cap.steering)
+    sec.tables.append(("strengths tried on the validation half (calibrate)", rows))
+    c, n = vqa.coarse.comparison, vqa.to_no.comparison
     nan = float("nan")
     sec.tables.append(
         (
-            "VQA accuracy by answer type (the chosen strengths)",
+            "VQA accuracy by answer type (held-out questions, the calibrated strengths)",
             [
-                {"answer type": t, "unsteered": acc[0][0].get(t, nan)}
-                | {"yes/no -> number": acc[0][1].get(t, nan), "yes -> no": acc[1][1].get(t, nan)}
-                for t in sorted(acc[0][0])
+                {"answer type": t, "unsteered": c.before.accuracy_by_type.get(t, nan)}
+                | {"yes/no -> number": c.after.accuracy_by_type.get(t, nan)}
+                | {"yes -> no": n.after.accuracy_by_type.get(t, nan)}
+                for t in sorted(c.before.accuracy_by_type)
             ],
         )
     )
-    sec.tables.append(("example captions", [{"unsteered": b, "steered": a} for b, a in cap.captions[:4]]))
-    rep.figure(sec, _steering_figure(vqa, cap), "steering", "Steering effects, unsteered vs steered")
+    sec.tables.append(("example held-out captions", [{"unsteered": b, "steered": a} for b, a in cap.captions[:4]]))
+    rep.figure(
+        sec, _steering_figure(vqa, cap), "steering", "Steering effects on held-out samples, unsteered vs steered"
+    )
     rep.results["steering"] = {
-        "yesno_to_number": _sweep_results(vqa.type_sweep) | {"number_share_before": vqa.number_share_before},
-        "yes_to_no": _sweep_results(vqa.no_sweep),
-        "caption_style": {"layer": cap.layer, "alpha": ALPHA_CAPTION, "before": rb, "after": ra},
+        "yesno_to_number": _calibration_results(vqa.coarse),
+        "yes_to_no": _calibration_results(vqa.to_no),
+        "caption_style": _calibration_results(cap.steering) | {"before": rb, "after": ra},
     }
 
 
-def _sweep_results(tried: list[_Tried]) -> dict[str, Any]:
-    """results.json entry of one sweep: the chosen alpha, its effect and comparison, and every strength tried."""
-    chosen = _choose(tried)
-    return {
-        "alpha": chosen.alpha,
-        "effect": chosen.effect,
-        "selective": chosen.selective,
-        "report": chosen.comparison.to_dict(),
-        "sweep": [{"alpha": t.alpha, "effect": t.effect, "selective": t.selective} for t in tried],
+def _calibration_results(c: _Calibrated) -> dict[str, Any]:
+    """results.json entry of one calibrated steering: the point, its held-out numbers, every validation row."""
+    cal = c.calibration
+    out: dict[str, Any] = {
+        "layer": cal.layer,
+        "alpha": cal.alpha,
+        "met": cal.met,
+        "max_untouched_drop": cal.max_untouched_drop,
+        "n_validation": len(cal.validation.sample_ids),
+        "n_held_out": len(cal.held_out.sample_ids),
+        "effect_before": c.effect_before,
+        "effect": c.effect,
+        "held_out_drop": cal.held_out_row.max_drop,
+        "validation": [
+            {"layer": r.layer, "alpha": r.alpha, "target_rate": r.target_rate, "max_drop": r.max_drop}
+            for r in cal.validation.steering
+        ],
     }
+    if c.comparison is not None:
+        out["report"] = c.comparison.to_dict()
+    return out

@@ -48,14 +48,23 @@ def test_demo_claims_are_computed_from_its_own_numbers(report_dir):
         finding = untouched_finding(untouched)
         assert html.escape(finding) in page
         assert finding.startswith("selective") == (worst <= 2.0)
-        # the strength shown is the strongest selective one of the sweep, or the weakest when none is selective
-        sweep = steering[key]["sweep"]
-        ok = [t for t in sweep if t["selective"]]
-        best = max(ok, key=lambda t: (t["effect"], -t["alpha"])) if ok else min(sweep, key=lambda t: t["alpha"])
-        assert steering[key]["alpha"] == best["alpha"] and steering[key]["selective"] == bool(ok)
-        assert len(sweep) >= 2
+        # the strength shown is the one calibrate chose on the validation half: the highest target rate whose
+        # untouched drop is within max_untouched_drop (ties: the smaller alpha), else the least damaging one
+        st = steering[key]
+        val, limit = st["validation"], st["max_untouched_drop"]
+        ok = [r for r in val if r["max_drop"] <= limit + 1e-12]
+        if ok:
+            best = max(ok, key=lambda r: (r["target_rate"], -r["alpha"]))
+        else:
+            best = min(val, key=lambda r: (r["max_drop"], -r["target_rate"], r["alpha"]))
+        assert (st["layer"], st["alpha"], st["met"]) == (best["layer"], best["alpha"], bool(ok))
+        assert len(val) >= 2 and st["n_validation"] + st["n_held_out"] == 60
+        # every number shown is the held-out one: the comparison covers exactly the held-out questions
+        assert st["report"]["before"]["n"] == st["n_held_out"]
+        assert f"measured on {st['n_held_out']} held-out ones" in html.unescape(page)
     assert "selective values measured" not in page
-    assert steering["caption_style"]["layer"] == 1  # the layer docs/steering.md measures caption style at
+    assert steering["caption_style"]["layer"] in (1, 2)  # caption_layer (1 on the zoo) or the next, as calibrated
+    assert steering["caption_style"]["alpha"] in [r["alpha"] for r in steering["caption_style"]["validation"]]
     assert "steering.png" in page and (report_dir / "steering.png").stat().st_size > 10_000
 
 
