@@ -228,19 +228,7 @@ def _shift_stage(rep: Report, base: Any, acts_a: Activations, acts_b: Activation
         f"Shifted concepts are closer to their fine-tuned match than the originals for {better:.0%} of the "
         f"concepts (mean cosine gain {float(gain.mean()):+.3f})."
     )
-    per_concept = [
-        {
-            "concept": c,
-            "match": int(report.matching[c]),
-            "cos original": float(report.recovery_original[c]),
-            "cos shifted": float(report.recovery_shifted[c]),
-            "consistency": float(report.consistency[c]),
-            "magnitude": float(report.magnitude[c]),
-            "dynamics": report.dynamics[c],
-        }
-        for c in range(dico_a.k)
-    ]
-    sec.tables.append(("per concept", per_concept))
+    sec.tables.append(("per concept", report.per_concept()))
     figures: list[tuple[Callable[[], Any], str, str]] = [
         (lambda: plots.plot_recovery(report), "shift_recovery", "Recovery: original vs shifted concept"),
         (lambda: plots.plot_similarity_matrix(report), "shift_similarity", "Cosine between original and fine-tuned"),

@@ -37,6 +37,7 @@ from nnshift.store import Activations, as_matrix
 
 __all__ = [
     "ConceptDictionaryLike",
+    "ConceptShape",
     "assign",
     "assign_samples",
     "check_top_n",
@@ -287,3 +288,19 @@ def dictionary_overlap(groundings: Sequence[Sequence[str]], percent: bool = Fals
         total += sum(t_overlap(groundings[i], groundings[j]) for j in range(k) if j != i) / (k - 1)
     value = total / k
     return value if percent else value / 100.0
+
+
+class ConceptShape:
+    """Mixin for objects holding a ``concepts`` matrix ``[K, D]``: its ``k`` and ``dim``."""
+
+    concepts: Float[Tensor, "k d"]
+
+    @property
+    def k(self) -> int:
+        """Number of concepts K."""
+        return int(self.concepts.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Hidden size D."""
+        return int(self.concepts.shape[1])

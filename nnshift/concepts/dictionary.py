@@ -14,6 +14,7 @@ from nnshift import metrics
 from nnshift.artifacts import write_artifact
 from nnshift.concepts.methods import ConceptMethod, available_methods, get_method
 from nnshift.errors import ArtifactError, ConceptError, HiddenSizeMismatchError
+from nnshift.metrics import ConceptShape
 from nnshift.models.protocol import LensLike
 from nnshift.saved import check_finite, load_saved, typed_field
 from nnshift.store import Activations
@@ -58,7 +59,7 @@ def check_parts(concepts: Tensor, codes: Tensor | None, state: dict[str, Tensor]
 
 
 @dataclass(eq=False)
-class ConceptDictionary:
+class ConceptDictionary(ConceptShape):
     """K concepts ``U`` (``[K, D]``) learnt (or given) with a method, and how to compute activations.
 
     ``params`` are the method's resolved parameters, ``diagnostics`` the fit record (``loss`` per
@@ -79,16 +80,6 @@ class ConceptDictionary:
         check_parts(self.concepts, self.codes, self.state, self.method)
 
     # ------------------------------------------------------------------ basic properties
-    @property
-    def k(self) -> int:
-        """Number of concepts K."""
-        return int(self.concepts.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Hidden size D."""
-        return int(self.concepts.shape[1])
-
     @property
     def reconstruction_error(self) -> float | None:
         """Relative reconstruction error of the training data (None for given concepts)."""

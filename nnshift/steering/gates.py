@@ -23,6 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from nnshift.errors import NonFiniteError, SteeringError
+from nnshift.metrics import ConceptShape
 
 __all__ = ["GATE_RULES", "BoundGate", "ConceptGate", "gate_mask", "unit_rows"]
 
@@ -79,7 +80,7 @@ def _check_threshold(rule: str, threshold: Any) -> float | None:
     return t
 
 
-class ConceptGate:
+class ConceptGate(ConceptShape):
     """Open a patch only where concept ``index`` of ``concepts`` is active in the current hidden state.
 
     ``concepts``: ``[K, D]`` concept directions (rows need not be unit). ``rule``: ``"assign"`` (the nearest
@@ -123,16 +124,6 @@ class ConceptGate:
 
         u = concept_matrix(dictionary, "dictionary", device=torch.device("cpu"), error=SteeringError)
         return cls(u, index, rule, threshold)
-
-    @property
-    def k(self) -> int:
-        """Number of concepts K."""
-        return int(self.concepts.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Hidden size D."""
-        return int(self.concepts.shape[1])
 
     def bound(self, device: torch.device) -> BoundGate:
         """The gate ready for a trace on ``device`` (unit concept rows precomputed)."""
