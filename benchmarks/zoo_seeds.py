@@ -61,7 +61,7 @@ def quality() -> dict[str, float]:
         "vqa_yes/no": rep["shapes-base/vqa"]["yes/no"],
         "vqa_number": rep["shapes-base/vqa"]["number"],
         "vqa_other": rep["shapes-base/vqa"]["other"],
-        "colors_names_colours": rep["shapes-colors/caption"]["colors"],
+        "colors_names_colours": rep["shapes-colors/caption"]["names_colors"],
     }
 
 
@@ -87,8 +87,8 @@ def shift(base: Any, colors: Any, n: int) -> dict[str, Any]:
         "recovered_fraction": s["recovered_fraction"],
         "alpha_peak": SWEEP_ALPHAS[max(range(len(curve)), key=lambda i: curve[i])],
         "mean_recovery_by_alpha": dict(zip(map(str, SWEEP_ALPHAS), curve, strict=True)),
-        "gain_vs_consistency": s["correlations"]["gain_vs_consistency"],
-        "gain_vs_magnitude": s["correlations"]["gain_vs_magnitude"],
+        "gain_vs_consistency": s["correlations"]["gain_vs_consistency"]["r"],
+        "gain_vs_magnitude": s["correlations"]["gain_vs_magnitude"]["r"],
     }
 
 
