@@ -38,10 +38,11 @@ NB05 = [
     bias_eval = behaviours.bias_questions(60, seed=5100)
     rest_eval = [s for s in zoo.dataset(120, task="vqa", seed=5200) if not behaviours.is_bias_question(s)]
 
-    def bias_row(name, bias_answers, rest_answers):
-        print(f"{name:28s} bias rate {behaviours.bias_rate(bias_eval, bias_answers):.2f}   "
-              f"circle colour right {accuracy(bias_eval, bias_answers):.2f}   "
-              f"other questions {accuracy(rest_eval, rest_answers):.2f}")
+    def bias_row(name, bias_answers, rest_answers, bias_set=None, rest_set=None):
+        bias_set, rest_set = bias_set or bias_eval, rest_set or rest_eval
+        print(f"{name:28s} bias rate {behaviours.bias_rate(bias_set, bias_answers):.2f}   "
+              f"circle colour right {accuracy(bias_set, bias_answers):.2f}   "
+              f"other questions {accuracy(rest_set, rest_answers):.2f}")
 
     for name, m in (("shapes-base", base), ("shapes-biased", biased)):
         bias_row(name, ns.generate(m, bias_eval, **run), ns.generate(m, rest_eval, **run))"""),
@@ -72,14 +73,25 @@ NB05 = [
     ## Removing the bias with a target-answer vector
 
     On colour questions about every shape, the biased model's mean state when it answers another colour
-    minus its mean state when it answers "red", added (α = 1) at layer 3 on every question: no gating,
-    so the other questions pay whatever it costs."""),
+    minus its mean state when it answers "red", added at layer 3 on every question: no gating, so the other
+    questions pay whatever it costs. The strength is chosen by `ns.steering.calibrate` on half of the
+    evaluation questions (the largest share of "red" answers turned into another colour that keeps the
+    accuracy on the untouched answer types within 2 points) and measured on the other half."""),
     code("""
     acts_col = ns.capture(biased, colour_q, layer=LAYER, at="last_prompt", progress=False)
     acts_col.answers = ns.generate(biased, acts_col.samples, **run)
     vec = ns.steering.target_answer(acts_col, "red", [c for c in zoo.COLORS if c != "red"])
-    patch = vec.patch(alpha=1.0)
-    bias_row("shapes-biased + vector", ns.steer(biased, bias_eval, patch, **run), ns.steer(biased, rest_eval, patch, **run))"""),
+    others = [c for c in zoo.COLORS if c != "red"]
+    cal = ns.steering.calibrate(biased, vec, bias_eval + rest_eval, target=ns.steering.TargetAnswer("red", others),
+                                alphas=[0.25, 0.5, 1.0, 1.5], max_untouched_drop=0.02, fluency=False, **run)
+    print(cal.summary())
+    held = set(cal.held_out.sample_ids)
+    bias_held, rest_held = [s for s in bias_eval if s.id in held], [s for s in rest_eval if s.id in held]
+    print(f"held-out half: {len(bias_held)} circle-colour questions, {len(rest_held)} others")
+    half = dict(bias_set=bias_held, rest_set=rest_held)
+    bias_row("shapes-biased (held-out half)", ns.generate(biased, bias_held, **run), ns.generate(biased, rest_held, **run), **half)
+    bias_row(f"+ vector, alpha {cal.alpha:g}", ns.steer(biased, bias_held, cal.patch, **run),
+             ns.steer(biased, rest_held, cal.patch, **run), **half)"""),
     md("""
     ## Refusal: enforcing it on the base, removing it from the fine-tune
 
