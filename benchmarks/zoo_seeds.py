@@ -140,6 +140,8 @@ def measure(seed: int, folder: Path, args: argparse.Namespace) -> dict[str, Any]
         "steering": steering(base, colors, args),
     }
     doc["seconds"] = round(time.perf_counter() - t0, 1)
+    stages = json.loads((folder / "zoo.json").read_text()).get("stages", {})
+    doc["train_seconds"] = round(sum(float(v.get("seconds", 0.0)) for v in stages.values()), 1)
     doc["meta"] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s)",
@@ -153,6 +155,7 @@ SHIPPED = zoo.CHECKPOINTS
 
 # (label, path in a seed's JSON, format)
 ROWS: list[tuple[str, tuple[str, ...], str]] = [
+    ("zoo training time (s, one core)", ("train_seconds",), "{:.0f}"),
     ("VQA accuracy, yes/no", ("quality", "vqa_yes/no"), "{:.2f}"),
     ("VQA accuracy, number", ("quality", "vqa_number"), "{:.2f}"),
     ("VQA accuracy, other", ("quality", "vqa_other"), "{:.2f}"),
@@ -167,8 +170,8 @@ ROWS: list[tuple[str, tuple[str, ...], str]] = [
 ]
 for _t in TARGETS:
     ROWS += [
-        (f"{_t}: calibrated layer", ("steering", _t, "layer"), "{:g}"),
-        (f"{_t}: calibrated alpha", ("steering", _t, "alpha"), "{:g}"),
+        (f"{_t}: calibrated layer", ("steering", _t, "layer"), "{:.3g}"),
+        (f"{_t}: calibrated alpha", ("steering", _t, "alpha"), "{:.3g}"),
         (f"{_t}: held-out target rate", ("steering", _t, "held_out_target_rate"), "{:.2f}"),
         (f"{_t}: held-out untouched drop", ("steering", _t, "held_out_drop"), "{:+.3f}"),
     ]
@@ -206,6 +209,40 @@ def table(s: dict[str, Any]) -> str:
         mean = "n/a" if f["mean"] is None else fmt.format(f["mean"])
         spread = "n/a" if f["spread"] is None else f"{f['spread']:.3g}"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {spread} |")
+    return "\n".join(lines)
+
+
+def _count(docs: list[dict[str, Any]], test: Any) -> str:
+    n = sum(bool(test(d)) for d in docs)
+    return f"{n} of {len(docs)} seeds"
+
+
+def verdicts(docs: list[dict[str, Any]]) -> str:
+    """Which findings hold in every seed: one computed line each (the criteria are in the lines)."""
+    sh = lambda d: d["shift"]  # noqa: E731
+    lines = [
+        "- every original concept closer to its fine-tuned match after the shift (share recovered = 1): "
+        + _count(docs, lambda d: sh(d)["recovered_fraction"] == 1.0),
+        "- mean recovery highest at alpha = 1: " + _count(docs, lambda d: sh(d)["alpha_peak"] == 1.0),
+        "- recovery gain correlates positively with consistency (r > 0.3): "
+        + _count(docs, lambda d: sh(d)["gain_vs_consistency"] > 0.3),
+        "- recovery gain correlates positively with magnitude (r > 0.3): "
+        + _count(docs, lambda d: sh(d)["gain_vs_magnitude"] > 0.3),
+    ]
+    for name in TARGETS:
+        lines.append(
+            f"- {name}: the calibrated point turns at least 50 % on the held-out half within 2 points: "
+            + _count(
+                docs,
+                lambda d, n=name: (
+                    d["steering"][n]["held_out_target_rate"] >= 0.5 and d["steering"][n]["held_out_drop"] <= 0.02
+                ),
+            )
+        )
+        lines.append(
+            f"- {name}: the calibrated point turns anything on the held-out half: "
+            + _count(docs, lambda d, n=name: d["steering"][n]["held_out_target_rate"] > 0)
+        )
     return "\n".join(lines)
 
 
@@ -247,9 +284,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no seed*.json in {args.out}")
     s = summary(docs)
     (args.out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
-    print(table(s))
+    text = table(s) + "\n\n" + verdicts(docs)
+    print(text)
     if args.update_docs:
-        update_docs(table(s))
+        update_docs(text)
 
 
 if __name__ == "__main__":
