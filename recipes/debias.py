@@ -86,6 +86,26 @@ def conceptwise_shift(
     return ns.steering.PatchSet(patches)
 
 
+def gated_conceptwise_shift(
+    acts_a: ns.Activations, acts_b: ns.Activations, dico_b: Any, alpha: float, margin: float = 0.05
+) -> tuple[ns.steering.PatchSet, float]:
+    """The concept-wise reversed shift behind concept gates, decided inside the trace (no capture pass): concept
+    j's patch edits a position only when the fine-tune's current state there is nearest (by cosine) to j and
+    closer than ``threshold``, the lowest cosine of j's training members to their concept minus ``margin``;
+    (patches, threshold)."""
+    train = dico_b.assign(acts_b)
+    u = torch.nn.functional.normalize(dico_b.concepts.float(), dim=1)
+    x = torch.nn.functional.normalize(acts_b.tensor.float(), dim=1)
+    threshold = float((x @ u.T).max(dim=1).values.min()) - margin
+    patches = []
+    for j in sorted(set(train.tolist())):
+        idx = [m for m in range(len(acts_b)) if int(train[m]) == j]
+        vec = ns.steering.coarse(acts_b.select(idx), acts_a.select(idx))
+        gate = ns.steering.ConceptGate.from_dictionary(dico_b, j, rule="assign", threshold=threshold)
+        patches.append(vec.patch(alpha=alpha, gate=gate))
+    return ns.steering.PatchSet(patches), threshold
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the recipe with command-line options."""
     ap = common.parser(__doc__.splitlines()[0], finetune=True)
@@ -149,6 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     ]
     measured["finetune+conceptwise_reversed_shift"] = measure(
         ns.steer(ft, bias_eval, cw[0], **run), ns.steer(ft, rest_eval, cw[1], **run)
+    )
+    gated, res["gate_threshold"] = gated_conceptwise_shift(acts_a, acts_b, dico_b, args.alpha)
+    measured["finetune+gated_conceptwise_reversed_shift"] = measure(
+        ns.steer(ft, bias_eval, gated, **run), ns.steer(ft, rest_eval, gated, **run)
     )
     res["layer"], res["alpha"], res["k"] = acts_a.info["layer"], args.alpha, k
     res["bias"] = {"shape": shape, "color": color}

@@ -119,6 +119,12 @@ def _debias_tables(r: dict) -> str:
         f"{r['n_circle_questions']} circle-colour questions for the shift analysis (K = {r['k']}), "
         f"{r['n_bias_eval']} held-out circles that are not {color}, {r['n_rest_eval']} other held-out questions; "
         f"{r['seconds']} s."
+        + (
+            f" Gate of the gated concept-wise row: nearest fine-tune concept by cosine, cosine above "
+            f"{r['gate_threshold']:.3f} (its training members' lowest cosine minus 0.05)."
+            if r.get("gate_threshold") is not None
+            else ""
+        )
     )
     return "\n".join(rows)
 

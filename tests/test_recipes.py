@@ -89,6 +89,9 @@ def test_debias_finds_the_red_concepts_and_steering_removes_the_bias(results: di
     assert after["other_accuracy"] >= m["finetune"]["other_accuracy"] - 0.05
     ablated = m["finetune+project_out_target_answer"]  # op="project_out", alpha 1
     assert ablated["bias_rate"] <= 0.1 and ablated["circle_color_accuracy"] >= 0.8
+    gated = m["finetune+gated_conceptwise_reversed_shift"]  # concept gates, decided in the trace
+    assert gated["bias_rate"] <= 0.1 and gated["circle_color_accuracy"] >= 0.8
+    assert gated["other_accuracy"] >= m["finetune+conceptwise_reversed_shift"]["other_accuracy"]
 
 
 def test_refusal_is_enforced_with_the_gate_and_removed_from_the_fine_tune(results: dict[str, dict]) -> None:
