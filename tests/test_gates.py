@@ -5,29 +5,15 @@ import warnings
 import pytest
 import torch
 
-import nnshift as ns
 from nnshift import positions as P
 from nnshift.concepts import ConceptDictionary
 from nnshift.errors import NonFiniteError, SteeringError
 from nnshift.generation import generate
-from nnshift.models import load
-from nnshift.models.testing import build_tiny
 from nnshift.steering import OPS, ConceptGate, Patch, SteeringVector, fine, steer
 
 warnings.filterwarnings("ignore")
 
-PROMPTS = ["what color is the dog", "how many", "is there a cat on the table near the tree"]
 LAYER = 1
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load(build_tiny("llama", tmp_path_factory.mktemp("llama")), dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def samples():
-    return [ns.Sample(id=f"t{i}", prompt=p) for i, p in enumerate(PROMPTS)]
 
 
 @pytest.fixture(scope="module")

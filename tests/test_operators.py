@@ -11,31 +11,20 @@ import warnings
 
 import pytest
 import torch
+from conftest import PROMPTS
 
 import nnshift as ns
 from nnshift import positions as P
 from nnshift.errors import ArtifactError, HiddenSizeMismatchError, NonFiniteError, SteeringError
 from nnshift.generation import generate, run_generation
 from nnshift.models import load
-from nnshift.models.testing import build_tiny
 from nnshift.steering import OPS, ConceptGate, Patch, PatchSet, SteeringVector, steer
 from nnshift.steering.operators import apply_op
 
 warnings.filterwarnings("ignore")
 
-PROMPTS = ["what color is the dog", "how many", "is there a cat on the table near the tree"]
 LAYER = 1
 VALUE = 0.75  # the clamp value used throughout
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load(build_tiny("llama", tmp_path_factory.mktemp("llama")), dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def samples():
-    return [ns.Sample(id=f"t{i}", prompt=p) for i, p in enumerate(PROMPTS)]
 
 
 @pytest.fixture(scope="module")

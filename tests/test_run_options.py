@@ -8,24 +8,10 @@ import torch
 import nnshift as ns
 import nnshift.generation as gen
 from nnshift.errors import NnshiftError, OptionsError
-from nnshift.models import load
-from nnshift.models.testing import build_tiny
 from nnshift.options import RunOptions, batched, run_options
 from nnshift.steering import SteeringVector, by_impact, steer
 
 warnings.filterwarnings("ignore")
-
-PROMPTS = ["what color is the dog", "how many", "is there a cat on the table near the tree"]
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load(build_tiny("llama", tmp_path_factory.mktemp("llama")), dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def samples():
-    return [ns.Sample(id=f"t{i}", prompt=p) for i, p in enumerate(PROMPTS)]
 
 
 def _patch(vlm, seed=0, layer=1, alpha=3.0):

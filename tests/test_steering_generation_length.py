@@ -15,21 +15,7 @@ import torch
 import nnshift as ns
 from nnshift.errors import SteeringError
 from nnshift.generation import trim_answer
-from nnshift.models import load
-from nnshift.models.testing import build_tiny
 from nnshift.steering import SteeringVector, steer
-
-PROMPTS = ["what color is the dog", "how many", "is there a cat on the table near the tree"]
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load(build_tiny("llama", tmp_path_factory.mktemp("llama")), dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def samples():
-    return [ns.Sample(id=f"t{i}", prompt=p) for i, p in enumerate(PROMPTS)]
 
 
 def _patch(vlm, positions="generated", alpha=3.0, layer=1, seed=5):

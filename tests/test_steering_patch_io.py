@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import PROMPTS
 
 import nnshift as ns
 from nnshift import positions as P
@@ -16,22 +17,10 @@ from nnshift.steering.patch_io import PATCH_FORMAT, selector_from_spec
 
 warnings.filterwarnings("ignore")
 
-PROMPTS = ["what color is the dog", "how many", "is there a cat on the table near the tree"]
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load(build_tiny("llama", tmp_path_factory.mktemp("llama")), dtype="float32")
-
 
 @pytest.fixture(scope="module")
 def llava(tmp_path_factory):
     return load(build_tiny("llava", tmp_path_factory.mktemp("llava")), dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def samples():
-    return [ns.Sample(id=f"t{i}", prompt=p) for i, p in enumerate(PROMPTS)]
 
 
 def _vec(d, layer, seed=0):

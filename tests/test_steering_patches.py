@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import PROMPTS
 
 import nnshift as ns
 from nnshift import positions as P
@@ -22,22 +23,10 @@ from nnshift.steering import Patch, PatchSet, SteeringVector, steer
 
 warnings.filterwarnings("ignore")
 
-PROMPTS = ["what color is the dog", "how many", "is there a cat on the table near the tree"]
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load(build_tiny("llama", tmp_path_factory.mktemp("llama")), dtype="float32")
-
 
 @pytest.fixture(scope="module")
 def llava(tmp_path_factory):
     return load(build_tiny("llava", tmp_path_factory.mktemp("llava")), dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def samples():
-    return [ns.Sample(id=f"t{i}", prompt=p) for i, p in enumerate(PROMPTS)]
 
 
 @pytest.fixture(scope="module")

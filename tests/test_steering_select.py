@@ -13,8 +13,6 @@ from sklearn.cluster import KMeans
 import nnshift as ns
 from nnshift.errors import EmptyInputError, HiddenSizeMismatchError, SteeringError
 from nnshift.generation import generate
-from nnshift.models import load
-from nnshift.models.testing import build_tiny
 from nnshift.steering import (
     SteeringVector,
     answer_changes,
@@ -93,11 +91,6 @@ def test_rank_impact_filters_sorts_and_keeps_distinct_targets():
     ranked = rank_impact(scores)
     assert [x.key for x in ranked] == ["b", "e", "d"]
     assert [x.key for x in rank_impact(scores, max_targets=None, distinct=False, keep=3)] == ["b", "c", "a"]
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load(build_tiny("llama", tmp_path_factory.mktemp("llama")), dtype="float32")
 
 
 def test_by_impact_on_a_tiny_model(llama):
