@@ -215,6 +215,24 @@ def _row(r: Any) -> dict[str, Any]:
     return r.to_dict(samples=False)
 
 
+def calibrate_spec(base: Any, spec: Spec, batch_size: int) -> Any:
+    """`ns.steering.calibrate` of one target over its layers and alphas (max untouched drop `MAX_DROP`)."""
+    return ns.steering.calibrate(
+        base,
+        spec.vectors,
+        spec.samples,
+        target=spec.target,
+        alphas=spec.alphas,
+        layers=sorted(spec.vectors),
+        keep=spec.keep or None,
+        max_untouched_drop=MAX_DROP,
+        fluency=False,
+        max_new_tokens=spec.max_new_tokens,
+        batch_size=batch_size,
+        progress=False,
+    )
+
+
 def run_target(base: Any, spec: Spec, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """The sweep with baselines, the calibration, the fresh held-out check; a JSON-able dict and the report."""
     run = {"max_new_tokens": spec.max_new_tokens, "batch_size": args.batch_size, "progress": False}
@@ -234,18 +252,7 @@ def run_target(base: Any, spec: Spec, args: argparse.Namespace) -> tuple[dict[st
     )
     t_sweep = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cal = ns.steering.calibrate(
-        base,
-        spec.vectors,
-        spec.samples,
-        target=spec.target,
-        alphas=spec.alphas,
-        layers=layers,
-        keep=spec.keep or None,
-        max_untouched_drop=MAX_DROP,
-        fluency=False,
-        **run,
-    )
+    cal = calibrate_spec(base, spec, args.batch_size)
     t_cal = time.perf_counter() - t0
     doc: dict[str, Any] = {
         "target": spec.name,

@@ -102,19 +102,7 @@ def steering(base: Any, colors: Any, args: argparse.Namespace) -> dict[str, Any]
     out = {}
     for name in TARGETS:
         spec = makers[name]()
-        run = {"max_new_tokens": spec.max_new_tokens, "batch_size": args.batch_size, "progress": False}
-        cal = ns.steering.calibrate(
-            base,
-            spec.vectors,
-            spec.samples,
-            target=spec.target,
-            alphas=spec.alphas,
-            layers=sorted(spec.vectors),
-            keep=spec.keep or None,
-            max_untouched_drop=sw.MAX_DROP,
-            fluency=False,
-            **run,
-        )
+        cal = sw.calibrate_spec(base, spec, args.batch_size)
         out[name] = {
             "layer": cal.layer,
             "alpha": cal.alpha,
