@@ -94,9 +94,8 @@ def gated_conceptwise_shift(
     closer than ``threshold``, the lowest cosine of j's training members to their concept minus ``margin``;
     (patches, threshold)."""
     train = dico_b.assign(acts_b)
-    u = torch.nn.functional.normalize(dico_b.concepts.float(), dim=1)
-    x = torch.nn.functional.normalize(acts_b.tensor.float(), dim=1)
-    threshold = float((x @ u.T).max(dim=1).values.min()) - margin
+    nearest = ns.metrics.cosine_matrix(acts_b.tensor.float(), dico_b.concepts.float()).max(dim=1).values
+    threshold = float(nearest.min()) - margin
     patches = []
     for j in sorted(set(train.tolist())):
         idx = [m for m in range(len(acts_b)) if int(train[m]) == j]
