@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_vqa",
     "has_style",
     "normalize_answer",
+    "sample_answer_type",
     "vqa_accuracy",
 ]
 
@@ -130,7 +131,8 @@ class VQAReport:
         return d
 
 
-def _gt_type(sample: Sample) -> str:
+def sample_answer_type(sample: Sample) -> str:
+    """The ground-truth answer type of a VQA sample: ``meta["answer_type"]``, else the type of its first answer."""
     t = sample.meta.get("answer_type")
     if t:
         return str(t)
@@ -151,7 +153,7 @@ def evaluate_vqa(
     scores = [vqa_accuracy(p, s.answers, official) for p, s in zip(predictions, samples, strict=True)]
     by_type: dict[str, list[float]] = {}
     for s, sc in zip(samples, scores, strict=True):
-        by_type.setdefault(_gt_type(s), []).append(sc)
+        by_type.setdefault(sample_answer_type(s), []).append(sc)
     order = [t for t in ANSWER_TYPES if t in by_type] + sorted(t for t in by_type if t not in ANSWER_TYPES)
     acc_by_type = {t: sum(by_type[t]) / len(by_type[t]) for t in order}
     predicted = Counter(answer_type(p, types) for p in predictions)

@@ -22,7 +22,7 @@ from typing import Any
 from nnshift.answers import ANSWER_TYPES, answer_type, normalize_answer
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, SteeringError
-from nnshift.evaluate import STYLE_KEYWORDS, has_style
+from nnshift.evaluate import STYLE_KEYWORDS, has_style, sample_answer_type
 
 __all__ = [
     "DEFAULT_TYPE_WORDS",
@@ -48,12 +48,8 @@ def sample_task(sample: Sample) -> str:
     return "caption" if sample.meta.get("task") == "caption" else "vqa"
 
 
-def sample_type(sample: Sample) -> str:
-    """The ground-truth answer type of a VQA sample: ``meta["answer_type"]``, else the type of its first answer."""
-    t = sample.meta.get("answer_type")
-    if t:
-        return str(t)
-    return answer_type(sample.answers[0]) if sample.answers else "other"
+#: the ground-truth answer type of a VQA sample (one rule with `nnshift.evaluate.evaluate_vqa`)
+sample_type = sample_answer_type
 
 
 def _strings(value: Any, name: str) -> tuple[str, ...]:
