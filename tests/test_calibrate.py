@@ -9,7 +9,7 @@ import torch
 
 import nnshift as ns
 from nnshift.errors import ArgumentError, ArtifactError, EmptyInputError
-from nnshift.steering import Calibration, SteeringVector, calibrate
+from nnshift.steering import Calibration, Patch, SteeringVector, calibrate
 from nnshift.steering.calibration import choose_point, split_samples
 from nnshift.steering.sweep_report import SweepReport, SweepRow
 from nnshift.steering.targets import AnswerTypeTarget, CaptionStyle
@@ -153,3 +153,21 @@ def test_validation_before_any_work(vlm, vec, change, error, monkeypatch):
     with pytest.raises(error) as info:
         inspect.unwrap(calibrate)(vlm, vec, data, **kwargs)
     assert info.value.hint
+
+
+def test_a_patch_keeps_its_operator(vlm, vec, samples):
+    """Calibrating a clamp patch chooses among clamp points and returns a clamp patch."""
+    patch = Patch(vec, 1.0, layer=3, op="clamp", value=2.0)
+    cal = calibrate(vlm, patch, samples, target=TARGET, alphas=(0.5, 1.0), max_untouched_drop=0.1, **Q)
+    assert cal.patch.op == "clamp" and cal.patch.value == 2.0
+    assert cal.validation.info["op"] == "clamp" and cal.held_out.info["op"] == "clamp"
+    val = [s for s in samples if s.id in set(cal.validation.sample_ids)]
+    alone = ns.steer(
+        vlm,
+        val,
+        Patch(vec, cal.alpha, layer=3, op="clamp", value=2.0),
+        batch_size=len(val),
+        max_new_tokens=4,
+        progress=False,
+    )
+    assert cal.chosen.answers == alone

@@ -76,6 +76,29 @@ def test_grid_equals_separate_runs(vlm, vec, evalset, report):
     assert [r.label for r in report.steering] == [f"L{x} a={a:g}" for x in (2, 3) for a in ALPHAS]
 
 
+def test_a_patch_keeps_its_operator_at_every_grid_point(vlm, vec, evalset):
+    """A project-out / clamp patch is swept as that operator, never silently as an addition."""
+    n = len(evalset)
+    for kw in ({"op": "project_out"}, {"op": "clamp", "value": 2.0}):
+        rep = sweep(
+            vlm,
+            Patch(vec, 1.0, layer=3, **kw),
+            evalset,
+            target=AnswerTypeTarget("yes/no", "number"),
+            alphas=(1.0, 3.0),
+            fluency=False,
+            steerability=False,
+            **Q,
+        )
+        assert rep.info["op"] == kw["op"]
+        for a in (1.0, 3.0):
+            alone = ns.steer(vlm, evalset, Patch(vec, a, layer=3, **kw), batch_size=n, **Q)
+            assert rep.row(3, a).answers == alone, (kw, a)
+    added = ns.steer(vlm, evalset, Patch(vec, 3.0, layer=3), batch_size=n, **Q)
+    projected = ns.steer(vlm, evalset, Patch(vec, 3.0, layer=3, op="project_out"), batch_size=n, **Q)
+    assert added != projected  # the check above could tell the two operators apart
+
+
 def test_alpha_zero_is_unsteered(report):
     base = report.unsteered
     for layer in (2, 3):

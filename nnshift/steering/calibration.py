@@ -240,7 +240,9 @@ def calibrate(
         )
         _check_measurable(target, ss, kk, part)
     common: dict[str, Any] = {"target": target, "positions": full.positions, "fluency": fluency, "options": opts}
-    report = sweep(vlm, full.vectors, val, alphas=full.alphas, layers=full.layers, keep=keep_val, **common)
+    # a Patch goes through as it is (its op / value / gate apply at every point); vectors as {layer: vector}
+    source = vector_or_patch if isinstance(vector_or_patch, Patch) else full.vectors
+    report = sweep(vlm, source, val, alphas=full.alphas, layers=full.layers, keep=keep_val, **common)
     row, met = choose_point(report, limit)
     layer, alpha = int(row.layer or 0), float(row.alpha or 0.0)
     if not met:
@@ -250,7 +252,7 @@ def calibrate(
             " with met=False",
             stacklevel=2,
         )
-    vec = full.vectors[layer]
-    held_report = sweep(vlm, {layer: vec}, held, alphas=[alpha], layers=[layer], keep=keep_held, **common)
-    patch = Patch(vec, alpha, full.positions, layer=layer)
+    held_source = vector_or_patch if isinstance(vector_or_patch, Patch) else {layer: full.vectors[layer]}
+    held_report = sweep(vlm, held_source, held, alphas=[alpha], layers=[layer], keep=keep_held, **common)
+    patch = full.patch(layer, alpha)
     return Calibration(layer, alpha, met, limit, report, held_report, patch, float(split), seed)

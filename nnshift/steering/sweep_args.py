@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import Tensor
+
 from nnshift.arguments import as_list, check_flag, check_samples
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError, EmptyInputError, SteeringError
@@ -35,6 +37,11 @@ class SweepPlan:
     fluency: bool = True
     steerability: bool = True
     margin_words: tuple[list[str], list[str]] | None = None
+    edit: dict[str, Any] = field(default_factory=dict)  # a Patch's op / value / gate, kept at every grid point
+
+    def patch(self, layer: int, alpha: float | Tensor, rows: Tensor | None = None) -> Patch:
+        """The plan's patch at ``layer`` with strength ``alpha`` (and per-row switches), with its operator."""
+        return Patch(self.vectors[layer], alpha, self.positions, layer=layer, rows=rows, **self.edit)
 
     def info(self, vlm: Any, opts: RunOptions) -> dict[str, Any]:
         """How the sweep was made (JSON-able): model, vectors, positions, grid, baselines, options, diagnostics."""
@@ -46,6 +53,9 @@ class SweepPlan:
             "layers": list(self.layers),
             "alphas": list(self.alphas),
             "positions": self.positions.spec(),
+            "op": self.edit.get("op", "add"),
+            "value": self.edit.get("value"),
+            "gate": None if self.edit.get("gate") is None else self.edit["gate"].spec(),
             "vectors": {
                 str(k): {"method": v.method, "norm": v.norm, "layer": v.layer} for k, v in self.vectors.items()
             },
@@ -191,7 +201,8 @@ def check_sweep_args(
     _check_target(target, main, kept)
     vals = check_alphas(alphas)
     vectors, found, pos = _vectors(vlm, vector_or_patch, layers, positions)
-    probe = PatchSet([Patch(vectors[x], 1.0, pos, layer=x) for x in found])
+    edit = vector_or_patch._op_kwargs() if isinstance(vector_or_patch, Patch) else {}
+    probe = PatchSet([Patch(vectors[x], 1.0, pos, layer=x, **edit) for x in found])
     probe.check(vlm.hidden_size, vlm.n_layers)
     prompt_map = _check_named(prompts, "prompts", str, "pass prompts={'prompt: number': 'Answer with a number.'}")
     if "unsteered" in prompt_map:
@@ -212,4 +223,5 @@ def check_sweep_args(
         fluency=check_flag(fluency, "fluency"),
         steerability=check_flag(steerability, "steerability"),
         margin_words=target.margin_words(main),
+        edit=edit,
     )

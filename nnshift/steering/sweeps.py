@@ -130,12 +130,10 @@ def _with_instruction(s: Sample, text: str) -> Sample:
 def _grid_patch(plan: SweepPlan, points: list[_Point], n_samples: int) -> PatchSet | None:
     """One patch per layer; its per-row alpha/rows switch it on only for that layer's replicas (sample-major)."""
     patches = []
-    g = len(points)
     for layer in plan.layers:
         alpha = torch.tensor([p.alpha if p.layer == layer else 0.0 for p in points] * n_samples, dtype=torch.float32)
         rows = torch.tensor([p.layer == layer for p in points] * n_samples, dtype=torch.bool)
-        assert alpha.shape[0] == g * n_samples
-        patches.append(Patch(plan.vectors[layer], alpha, plan.positions, layer=layer, rows=rows))
+        patches.append(plan.patch(layer, alpha, rows))
     return PatchSet(patches) if patches else None
 
 
