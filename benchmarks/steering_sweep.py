@@ -215,8 +215,11 @@ def _row(r: Any) -> dict[str, Any]:
     return r.to_dict(samples=False)
 
 
-def calibrate_spec(base: Any, spec: Spec, batch_size: int) -> Any:
-    """`ns.steering.calibrate` of one target over its layers and alphas (max untouched drop `MAX_DROP`)."""
+def calibrate_spec(base: Any, spec: Spec, batch_size: int, refine: int | None = None) -> Any:
+    """`ns.steering.calibrate` of one target over its layers and alphas (max untouched drop `MAX_DROP`).
+
+    ``refine``: as in `calibrate` (None: its default).
+    """
     return ns.steering.calibrate(
         base,
         spec.vectors,
@@ -230,6 +233,7 @@ def calibrate_spec(base: Any, spec: Spec, batch_size: int) -> Any:
         max_new_tokens=spec.max_new_tokens,
         batch_size=batch_size,
         progress=False,
+        **({} if refine is None else {"refine": refine}),
     )
 
 
@@ -290,6 +294,14 @@ def run_target(base: Any, spec: Spec, args: argparse.Namespace) -> tuple[dict[st
     }
     if spec.fresh is not None:
         doc["fresh"] = fresh_check(base, spec, cal, run)
+        grid = calibrate_spec(base, spec, args.batch_size, refine=0)  # the grid alone, for comparison
+        doc["grid_only"] = {
+            "layer": grid.layer,
+            "alpha": grid.alpha,
+            "met": grid.met,
+            "held_out_chosen": _row(grid.held_out_row),
+            "fresh": fresh_check(base, spec, grid, run),
+        }
     return doc, report
 
 

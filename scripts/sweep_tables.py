@@ -93,6 +93,8 @@ def summary_table(docs: dict[str, dict[str, Any]]) -> str:
         prompts = "; ".join(f"{r.name.removeprefix('prompt: ')} {rate_drop(r)}" for r in rep.rows if r.kind == "prompt")
         models = "; ".join(f"{r.name} {rate_drop(r)}" for r in rep.rows if r.kind == "model") or "-"
         met = "" if cal["met"] else " (constraint not met)"
+        if tried := refined(doc):
+            met += " (refinement tried " + ", ".join(f"{a:g}" for a in tried) + ")"
         lines.append(
             f"| {NAMES[name]} | {doc['n_samples']}"
             + (f" (+ {doc['n_keep']})" if doc["n_keep"] else "")
@@ -103,21 +105,36 @@ def summary_table(docs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def refined(doc: dict[str, Any]) -> list[float]:
+    """The strengths calibration's refinement tried at the chosen layer (validation rows off the grid)."""
+    cal = doc["calibration"]
+    grid = [float(a) for a in doc["alphas"]]
+    rows = cal["validation_rows"]
+    return sorted(
+        float(r["alpha"])
+        for r in rows
+        if r["layer"] == cal["layer"] and not any(math.isclose(r["alpha"], a) for a in grid)
+    )
+
+
 def fresh_table(docs: dict[str, dict[str, Any]]) -> str:
-    """The calibrated points on a fresh set (another seed): untouched change and turned share."""
-    head = "| target | point | fresh questions (seed) | relevant | turned | untouched accuracy change (pts) |"
-    lines = [head + " within 2 pts | turned ≥ 50 % |", "|---|---|---|---|---|---|---|---|"]
+    """The calibrated points on a fresh set (another seed): untouched change and turned share; the grid alone too."""
+    head = "| target | calibration | point | fresh questions (seed) | relevant | turned |"
+    head += " untouched accuracy change (pts) | within 2 pts | turned ≥ 50 % |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for name, doc in docs.items():
-        f = doc.get("fresh")
-        if f is None:
+        if doc.get("fresh") is None:
             continue
-        cal = doc["calibration"]
-        change = ", ".join(f"{t} {pts(v)}" for t, v in f["untouched_change"].items())
-        lines.append(
-            f"| {NAMES[name]} | L{cal['layer']} α = {cal['alpha']:g} | {f['n']} ({f['seed']}) | {f['n_relevant']}"
-            f" | {pct(f['turned'])} | {change} | {'yes' if f['within_2_points'] else 'no'}"
-            f" | {'yes' if f['turned_at_least_half'] else 'no'} |"
-        )
+        runs = [("refined (default)", doc["calibration"], doc["fresh"])]
+        if "grid_only" in doc:
+            runs.append(("grid only (`refine=0`)", doc["grid_only"], doc["grid_only"]["fresh"]))
+        for how, cal, f in runs:
+            change = ", ".join(f"{t} {pts(v)}" for t, v in f["untouched_change"].items())
+            lines.append(
+                f"| {NAMES[name]} | {how} | L{cal['layer']} α = {cal['alpha']:g} | {f['n']} ({f['seed']})"
+                f" | {f['n_relevant']} | {pct(f['turned'])} | {change} | {'yes' if f['within_2_points'] else 'no'}"
+                f" | {'yes' if f['turned_at_least_half'] else 'no'} |"
+            )
     return "\n".join(lines)
 
 
@@ -155,6 +172,12 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / (sx * sy) if sx and sy else math.nan
 
 
+def grid_alpha(rep: SweepReport, alpha: float) -> float:
+    """``alpha`` when the full sweep ran it, else (a refined strength) the largest swept alpha below it."""
+    below = [a for a in rep.alphas if a <= alpha + 1e-12]
+    return max(below) if below else min(rep.alphas)
+
+
 def reliability_table(docs: dict[str, dict[str, Any]]) -> str:
     """Per target and layer: the vector's diagnostics beside its steerable / anti-steerable / selective shares."""
     head = "| target | layer | consistency (± sd) | d′ | split acc. | toward at α | away at α, max over α |"
@@ -164,7 +187,7 @@ def reliability_table(docs: dict[str, dict[str, Any]]) -> str:
         rep, cal = report(doc), doc["calibration"]
         for layer in rep.layers:
             d = doc["diagnostics"].get(str(layer)) or {}
-            alpha = cal["alpha"] if layer == cal["layer"] else max(rep.alphas)
+            alpha = grid_alpha(rep, cal["alpha"]) if layer == cal["layer"] else max(rep.alphas)
             row = rep.row(layer, alpha)
             worst = max(rep.row(layer, a).away for a in rep.alphas)
             sel = selective_rate(rep, layer)
@@ -203,15 +226,18 @@ def steering_block(docs: dict[str, dict[str, Any]]) -> str:
         f"{meta['versions']['torch']}, {meta['machine']['torch_threads']} torch thread). Rates in %, drops in "
         "points (positive = accuracy lost); `rate / drop` per cell.",
         "**Calibrated points and baselines.** The calibrated point is chosen on the validation half "
-        "(`max_untouched_drop=0.02`, `split=0.5`, `seed=0`) and measured on the held-out half; the baselines "
+        "(`max_untouched_drop=0.02`, `split=0.5`, `seed=0`, `refine=3`: after the grid, three strengths between "
+        "the chosen grid α and the next one, listed as *refinement tried*) and measured on the held-out half; the baselines "
         "ran on all the samples.",
         summary_table(docs),
         "**Calibration out of sample.** The calibrated point on a fresh set of questions (another dataset seed) "
-        "against the unsteered model on the same set.",
+        "against the unsteered model on the same set, with the refinement (the default) and with the grid "
+        "alone (`refine=0`).",
         fresh_table(docs),
         '**Diagnostics and reliability.** The vector\'s pre-run diagnostics (`vec.info["diagnostics"]`) and, '
         "from the full sweep, the share of the relevant samples moved toward the target (steerable) and away "
-        "from it (anti-steerable) at the calibrated α (at the strongest α for the other layer), the largest "
+        "from it (anti-steerable) at the calibrated α (refined: the grid α below it; the other layer: its "
+        "strongest α), the largest "
         "anti-steerable share over α, and the selective rate: the best target rate at that layer whose untouched "
         "drop stays within 2 points.",
         reliability_table(docs),

@@ -10,7 +10,7 @@ import torch
 import nnshift as ns
 from nnshift.errors import ArgumentError, ArtifactError, EmptyInputError
 from nnshift.steering import Calibration, Patch, SteeringVector, calibrate
-from nnshift.steering.calibration import choose_point, split_samples
+from nnshift.steering.calibration import choose_point, refine_alphas, split_samples
 from nnshift.steering.sweep_report import SweepReport, SweepRow
 from nnshift.steering.targets import AnswerTypeTarget, CaptionStyle
 
@@ -135,6 +135,9 @@ def test_no_point_meets_the_constraint(vlm, samples):
         ({"split": 1.0}, ArgumentError),
         ({"split": "half"}, ArgumentError),
         ({"seed": -1}, ArgumentError),
+        ({"refine": -1}, ArgumentError),
+        ({"refine": 2.0}, ArgumentError),
+        ({"refine": True}, ArgumentError),
         ({"alphas": []}, ArgumentError),
         ({"samples_n": 1, "answer_type": "yes/no"}, ArgumentError),
         ({"answer_type": "yes/no"}, ArgumentError),
@@ -171,3 +174,41 @@ def test_a_patch_keeps_its_operator(vlm, vec, samples):
         progress=False,
     )
     assert cal.chosen.answers == alone
+
+
+def test_refine_alphas_rule_exactly():
+    rep = _report(
+        [(2, 0.5, 0.4, 0.0), (2, 1.0, 0.9, 0.05), (3, 0.5, 0.9, 0.01), (3, 1.5, 0.9, 0.3), (3, 1.0, 0.9, 0.1)]
+    )
+    l3 = rep.row(3, 0.5)
+    assert refine_alphas(rep, l3, True, 3) == [0.625, 0.75, 0.875]  # toward the nearest larger alpha of layer 3
+    assert refine_alphas(rep, rep.row(3, 1.5), True, 3) == []  # the last alpha: nothing beyond it
+    assert refine_alphas(rep, l3, False, 1) == [0.25]  # nothing met: between 0 and the chosen alpha
+    assert refine_alphas(rep, l3, True, 0) == []
+    neg = _report([(2, -0.5, 0.4, 0.0), (2, -1.0, 0.9, 0.05), (2, 1.0, 0.0, 0.0)])
+    assert refine_alphas(neg, neg.row(2, -0.5), True, 1) == [-0.75]  # same sign, larger magnitude
+    assert refine_alphas(rep, rep.row(2, 0.5), True, 1) == [0.75]
+    full = _report([(2, 0.5, 1.0, 0.0), (2, 1.0, 1.0, 0.0)])
+    assert refine_alphas(full, full.row(2, 0.5), True, 3) == []  # already a full rate: nothing to gain
+
+
+def test_refinement_adds_rows_between_grid_points(vlm, vec, samples):
+    grid = (0.5, 1.0, 4.0)
+    calib = calibrate(vlm, vec, samples, target=TARGET, alphas=grid, layers=[2, 3], max_untouched_drop=0.1, **Q)
+    info = calib.validation.info["refine"]
+    tried = info["alphas"]
+    assert tried == [1.75, 2.5, 3.25] and calib.alpha in tried  # the window between 1 (chosen) and 4
+    assert tried and all(a not in grid for a in tried)
+    layer_rows = [r for r in calib.validation.steering if r.layer == info["layer"]]
+    assert sorted(r.alpha for r in layer_rows) == sorted([*grid, *tried])
+    assert [r.alpha for r in layer_rows] == sorted(r.alpha for r in layer_rows)  # rows kept in alpha order
+    # each refined row is what a plain sweep at that strength gives on the validation half
+    val, _ = split_samples(samples, 0.5, 0)
+    plain = ns.steering.sweep(vlm, vec, val, target=TARGET, alphas=tried, layers=[info["layer"]], **Q)
+    for r in plain.steering:
+        got = calib.validation.row(info["layer"], r.alpha)
+        assert got.answers == r.answers and got.target_rate == r.target_rate and got.max_drop == r.max_drop
+    off = calibrate(vlm, vec, samples, target=TARGET, alphas=grid, layers=[2, 3], max_untouched_drop=0.1, refine=0, **Q)
+    assert "refine" not in off.validation.info and sorted(off.validation.alphas) == list(grid)
+    best_off = off.chosen.target_rate
+    assert calib.chosen.target_rate >= best_off  # refinement only adds candidates

@@ -67,12 +67,14 @@ def test_calibrate_from_the_cli(setup, capsys):
     root, data, keep, _ = setup
     args = ["sweep", "--model", "shapes-base", "--data", data, "--vector", root / "vec", "--images", root / "images"]
     args += ["--target", "answer:yes->no", "--alphas", "0.5,1", "--max-new-tokens", "4", "--keep", keep]
-    args += ["--calibrate", "--max-untouched-drop", "0.05", "--calibration-seed", "3", "--out", root / "o2"]
+    args += ["--calibrate", "--max-untouched-drop", "0.05", "--calibration-seed", "3", "--refine", "0"]
+    args += ["--out", root / "o2"]
     rc, stdout, err = run_cli(capsys, *args)
     assert rc == 0, err
     calib = Calibration.load(root / "o2" / "calibration")
     assert calib.seed == 3 and calib.max_untouched_drop == 0.05 and "layer 3" in stdout
     assert len(calib.validation.keep_ids) == 2 and len(calib.held_out.keep_ids) == 2
+    assert "refine" not in calib.validation.info and calib.validation.alphas == [0.5, 1.0]  # --refine 0 honoured
 
 
 def test_parse_target():
@@ -97,6 +99,8 @@ def test_parse_target():
         (["--target", "answer:yes->no", "--alphas", "1,x"], ["--alphas"]),
         (["--target", "answer:yes->no", "--max-untouched-drop", "0.1"], ["--calibrate"]),
         (["--target", "answer:yes->no", "--calibrate", "--calibration-split", "1.5"], ["split"]),
+        (["--target", "answer:yes->no", "--refine", "2"], ["--calibrate"]),
+        (["--target", "answer:yes->no", "--calibrate", "--refine", "-1"], ["refine"]),
         (["--target", "answer:yes->no", "--calibrate", "--prompt", "x"], ["baselines"]),
         (["--target", "answer:yes->no", "--remote"], ["fluency"]),
         (["--target", "answer:yes->no", "--remote", "--no-fluency"], ["steerability"]),

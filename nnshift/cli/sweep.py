@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--max-untouched-drop", type=finite_float, default=0.02, help="largest accuracy drop allowed")
     c.add_argument("--calibration-split", type=finite_float, default=0.5, help="validation share, in (0, 1)")
     c.add_argument("--calibration-seed", type=int, default=0, help="seed of the validation / held-out split")
+    c.add_argument(
+        "--refine",
+        type=int,
+        default=None,
+        help="strengths tried on validation between the chosen alpha and the next one (0: off; default 3)",
+    )
     add_generation_args(p, max_new_tokens=20)
     p.add_argument("--out", required=True, help="output folder: sweep/, table.md, pareto.png, heatmap.png, sweep.json")
 
@@ -112,8 +118,10 @@ def _keep(args: argparse.Namespace) -> list[Any] | None:
 
 def _check(args: argparse.Namespace) -> None:
     calib_opts = args.max_untouched_drop != 0.02 or args.calibration_split != 0.5 or args.calibration_seed != 0
-    if calib_opts and not args.calibrate:
-        raise CliError("--max-untouched-drop / --calibration-* apply with --calibrate", "add --calibrate or drop them")
+    if (calib_opts or args.refine is not None) and not args.calibrate:
+        raise CliError(
+            "--max-untouched-drop / --calibration-* / --refine apply with --calibrate", "add --calibrate or drop them"
+        )
     if args.calibrate and (args.prompt or args.baseline_model):
         raise CliError("baselines are part of a plain sweep, not of --calibrate", "drop --prompt/--baseline-model")
     if args.remote and not args.no_fluency:
@@ -166,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             max_untouched_drop=args.max_untouched_drop,
             split=args.calibration_split,
             seed=args.calibration_seed,
+            **({} if args.refine is None else {"refine": args.refine}),
             **run_opts,
         )
         calib.save(out / "calibration")

@@ -4,12 +4,19 @@ The samples (and ``keep``) are split by a seeded permutation into validation (a 
 `sweep` runs on validation; the chosen point is the ``(layer, alpha)`` with the highest target rate whose largest
 drop of untouched accuracy is at most ``max_untouched_drop`` (ties: the smaller alpha, then the earlier layer).
 If no point meets the constraint, ``met`` is False, a warning says so, and the least damaging point is chosen (the
-smallest drop; ties: the higher rate, then the smaller alpha). The chosen point and the unsteered model are then
-run on the held-out samples, which played no part in the choice.
+smallest drop; ties: the higher rate, then the smaller alpha).
+
+Refinement (``refine`` > 0): a grid brackets the selective window only coarsely, so a second validation sweep
+tries ``refine`` evenly spaced strengths at the chosen layer strictly between the chosen alpha and the next grid
+alpha beyond it (same sign, larger magnitude; none when the chosen alpha is the last), or, when no point met the
+constraint, between 0 and the chosen alpha. The rule above then chooses again among all validation rows (the
+refined rows are added to ``Calibration.validation``; its ``info["refine"]`` says what was tried). The chosen
+point and the unsteered model are then run on the held-out samples, which played no part in the choice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import warnings
@@ -34,11 +41,13 @@ from nnshift.steering.sweeps import DEFAULT_ALPHAS, sweep
 from nnshift.steering.targets import Target, sample_task, sample_type
 from nnshift.steering.vectors import SteeringVector
 
-__all__ = ["Calibration", "calibrate", "choose_point", "split_samples"]
+__all__ = ["DEFAULT_REFINE", "Calibration", "calibrate", "choose_point", "refine_alphas", "split_samples"]
 
 _KIND = "calibration"
 _VERSION = 1
 _REMAKE = "the file is damaged or was edited by hand: run calibrate again and save it"
+#: strengths tried between the chosen grid alpha and the next one (see the module docstring)
+DEFAULT_REFINE = 3
 
 
 @dataclass
@@ -170,7 +179,36 @@ def choose_point(report: SweepReport, max_untouched_drop: float) -> tuple[SweepR
 _MEASURE_HINT = "pass samples of an answer type the target does not touch, or keep= questions whose accuracy to keep"
 
 
-def _check_calibrate(max_untouched_drop: Any, split: Any, seed: Any) -> float:
+def refine_alphas(report: SweepReport, row: SweepRow, met: bool, n: int) -> list[float]:
+    """The ``n`` strengths a refinement tries at ``row``'s layer (see the module docstring); [] when none apply."""
+    alpha = float(row.alpha or 0.0)
+    if n <= 0 or alpha == 0.0 or (met and row.target_rate >= 1.0):  # a full rate within the limit: nothing to gain
+        return []
+    if met:
+        sign = math.copysign(1.0, alpha)
+        beyond = [
+            float(r.alpha) for r in report.steering if r.layer == row.layer and (r.alpha or 0.0) * sign > alpha * sign
+        ]
+        if not beyond:
+            return []
+        lo, hi = alpha, min(beyond, key=lambda a: abs(a - alpha))
+    else:
+        lo, hi = 0.0, alpha
+    done = [float(r.alpha) for r in report.steering if r.layer == row.layer and r.alpha is not None]
+    points = [round(lo + (hi - lo) * i / (n + 1), 6) for i in range(1, n + 1)]
+    return [a for a in dict.fromkeys(points) if a != 0.0 and not any(math.isclose(a, d) for d in done)]
+
+
+def _merge(report: SweepReport, extra: SweepReport, layer: int, tried: list[float]) -> SweepReport:
+    """``report`` with the steering rows of ``extra`` (a refinement at ``layer``) added, rows in (layer, alpha) order."""
+    order = report.layers
+    steer = sorted([*report.steering, *extra.steering], key=lambda r: (order.index(int(r.layer or 0)), r.alpha or 0.0))
+    info = {**report.info, "refine": {"layer": layer, "alphas": tried}}
+    rows = [r for r in report.rows if r.kind != "steer"] + steer
+    return dataclasses.replace(report, rows=rows, info=info)
+
+
+def _check_calibrate(max_untouched_drop: Any, split: Any, seed: Any, refine: Any = 0) -> float:
     if (
         isinstance(max_untouched_drop, bool)
         or not isinstance(max_untouched_drop, (int, float))
@@ -185,6 +223,8 @@ def _check_calibrate(max_untouched_drop: Any, split: Any, seed: Any) -> float:
         raise ArgumentError(f"split must be a number in (0, 1), got {split!r}", "pass e.g. split=0.5")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ArgumentError(f"seed must be an integer >= 0, got {seed!r}", "pass e.g. seed=0")
+    if isinstance(refine, bool) or not isinstance(refine, int) or not 0 <= refine <= 20:
+        raise ArgumentError(f"refine must be an integer in [0, 20], got {refine!r}", "pass e.g. refine=3 (0: off)")
     return float(max_untouched_drop)
 
 
@@ -208,6 +248,7 @@ def calibrate(
     max_untouched_drop: float = 0.02,
     split: float = 0.5,
     seed: int = 0,
+    refine: int = DEFAULT_REFINE,
     keep: Sequence[Sample] | None = None,
     positions: SelectorLike | None = None,
     fluency: bool = True,
@@ -219,11 +260,12 @@ def calibrate(
 ) -> Calibration:
     """Choose ``(layer, alpha)`` on a validation split under ``max_untouched_drop``; measure it on held-out samples.
 
-    ``samples`` and ``keep`` are split with ``seed`` (``split`` = the validation share); the arguments are those
+    ``samples`` and ``keep`` are split with ``seed`` (``split`` = the validation share); ``refine``: strengths
+    tried, on validation, between the chosen grid alpha and the next (0: none); the other arguments are those
     of `sweep`. Every argument, and both halves, are checked before any model call. See the module docstring
     for the rule; when no point meets the constraint, ``Calibration.met`` is False and a warning is issued.
     """
-    limit = _check_calibrate(max_untouched_drop, split, seed)
+    limit = _check_calibrate(max_untouched_drop, split, seed, refine)
     opts = run_options(options, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, remote=remote)
     full = check_sweep_args(
         vlm, vector_or_patch, samples, target, alphas, layers, positions, keep, None, None, fluency, True
@@ -244,6 +286,13 @@ def calibrate(
     source = vector_or_patch if isinstance(vector_or_patch, Patch) else full.vectors
     report = sweep(vlm, source, val, alphas=full.alphas, layers=full.layers, keep=keep_val, **common)
     row, met = choose_point(report, limit)
+    tried = refine_alphas(report, row, met, refine)
+    if tried:
+        at = int(row.layer or 0)
+        src = vector_or_patch if isinstance(vector_or_patch, Patch) else {at: full.vectors[at]}
+        extra = sweep(vlm, src, val, alphas=tried, layers=[at], keep=keep_val, **common)
+        report = _merge(report, extra, at, tried)
+        row, met = choose_point(report, limit)
     layer, alpha = int(row.layer or 0), float(row.alpha or 0.0)
     if not met:
         warnings.warn(

@@ -83,7 +83,7 @@ def plot_heatmap(report: SweepReport, metric: str = "target_rate", ax: Any = Non
     import numpy as np
 
     metric = _check_metric(report, metric)
-    layers, alphas = report.layers, report.alphas
+    layers, alphas = report.layers, sorted(report.alphas)  # refined strengths join the grid in order
     if not layers:
         raise ArgumentError("the sweep has no steering rows to map", "run sweep() with at least one layer and alpha")
     grid = np.full((len(layers), len(alphas)), np.nan)
