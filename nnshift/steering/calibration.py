@@ -186,9 +186,8 @@ def refine_alphas(report: SweepReport, row: SweepRow, met: bool, n: int) -> list
         return []
     if met:
         sign = math.copysign(1.0, alpha)
-        beyond = [
-            float(r.alpha) for r in report.steering if r.layer == row.layer and (r.alpha or 0.0) * sign > alpha * sign
-        ]
+        at_layer = [float(r.alpha) for r in report.steering if r.layer == row.layer and r.alpha is not None]
+        beyond = [a for a in at_layer if a * sign > alpha * sign]
         if not beyond:
             return []
         lo, hi = alpha, min(beyond, key=lambda a: abs(a - alpha))
