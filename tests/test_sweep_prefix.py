@@ -15,7 +15,7 @@ import nnshift as ns
 from nnshift.models.testing import cached_tiny, tiny_image
 from nnshift.options import run_options
 from nnshift.positions import generated, last_prompt
-from nnshift.steering import SteeringVector, prefix, sweeps
+from nnshift.steering import Patch, SteeringVector, prefix, sweeps
 from nnshift.steering.sweep_args import check_sweep_args
 from nnshift.steering.targets import AnswerTypeTarget
 
@@ -105,6 +105,36 @@ def test_shapes_shared_equals_plain(monkeypatch, shapes, shapes_vec, shapes_set,
         assert all(a.margins == base.margins for a in plain[2:])
     # early stopping: some answers end (EOS) before max_new_tokens
     assert any(len(t) < 5 for a in plain for t in a.ids)
+
+
+@pytest.mark.parametrize("op", ["project_out", "clamp"])
+def test_shapes_operator_patch_shared_equals_plain(monkeypatch, shapes, shapes_vec, shapes_set, op):
+    """A patch's operator is kept on the shared path too (bound to the last prompt column)."""
+    value = 2.0 if op == "clamp" else None
+    patch = Patch(shapes_vec, 1.0, last_prompt() | generated(), layer=3, op=op, value=value)
+    points, plain, shared, calls = _both(
+        monkeypatch, shapes, patch, shapes_set, None, alphas=(0.5, 1.0), layers=[2, 3], max_new_tokens=3
+    )
+    assert calls == 3
+    _assert_same(points, plain, shared)
+    assert any(a.margins != plain[0].margins for a in plain[1:])
+
+
+def test_batches_that_cannot_share_fall_back_exactly(monkeypatch, shapes, shapes_vec, shapes_set):
+    """A batch refused by `batch_allows_sharing` runs its grid rows in full, laid out as the plain path does."""
+    monkeypatch.setattr(sweeps, "batch_allows_sharing", lambda *a: False)
+    points, plain, shared, calls = _both(
+        monkeypatch,
+        shapes,
+        shapes_vec,
+        shapes_set,
+        "last_prompt",
+        alphas=(1.0, 4.0),
+        layers=[2, 3],
+        prompts={"prompt: number": "Answer with a number."},
+    )
+    assert calls == 0
+    _assert_same(points, plain, shared)
 
 
 def test_shapes_public_sweep_uses_sharing_and_matches(monkeypatch, shapes, shapes_vec, shapes_set):
