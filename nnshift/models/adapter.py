@@ -82,6 +82,10 @@ class ModelAdapter:
     block_output: BlockOutput = "auto"
     build_messages: Callable[[str, bool], Messages] | None = None
     notes: str = ""
+    #: verified: a KV cache of the prompt minus its last token, continued on the full ids/mask without image
+    #: inputs, generates what the plain run does (causal prompt, no state kept outside the cache); sweeps then
+    #: run that prefix once per sample (`nnshift.steering.prefix`)
+    shares_prompt_prefix: bool = False
 
     def messages(self, prompt: str, has_image: bool) -> Messages:
         """The chat messages for one prompt (with an image placeholder when `has_image`)."""

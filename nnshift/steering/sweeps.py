@@ -4,7 +4,10 @@ The grid (the unsteered model, each prompting baseline, each ``(layer, alpha)``)
 possible: every sample is replicated once per grid point (sample-major: all grid points of a sample lie next to
 each other, so they share a batch and its padding), and one `PatchSet` holds one patch per layer whose per-sample
 ``alpha`` / ``rows`` switch it on only for that layer's replicas. ``batch_size`` counts *samples* per generation,
-so each generation runs ``batch_size x grid size`` rows. Other models (``models=``) run once each.
+so each generation runs ``batch_size x grid size`` rows. Other models (``models=``) run once each. When the
+positions spare the prompt prefix (``last_prompt`` / ``generated``), the run is local and the model family is
+verified for it, the prompt minus its last token runs once per sample and the unsteered and steering points
+continue from its KV cache (`nnshift.steering.prefix`; the prompting baselines run as a batch of their own).
 
 Per row (see `SweepRow`): the target rate (`nnshift.steering.targets`); the official VQA accuracy per answer type
 on the samples whose type the target does not touch, plus every ``keep`` sample, and the largest drop vs the
@@ -33,12 +36,13 @@ from torch import Tensor
 
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError
-from nnshift.generation import run_generation
+from nnshift.generation import BatchRun, run_generation
 from nnshift.models.protocol import VLMLike
 from nnshift.options import Remote, RunOptions, batched, run_options
 from nnshift.positions import SelectorLike
 from nnshift.steering.fluency import answer_ids, answer_nll, mean_finite, prepare_rows
 from nnshift.steering.patches import Patch, PatchSet
+from nnshift.steering.prefix import batch_allows_sharing, can_share_prefix, run_shared
 from nnshift.steering.sweep_args import SweepPlan, check_sweep_args
 from nnshift.steering.sweep_eval import evaluate_row
 from nnshift.steering.sweep_report import SweepReport, SweepRow
@@ -92,6 +96,22 @@ def _margins(vlm: Any, h: Tensor, ids: tuple[list[int], list[int]]) -> list[floa
     return (torch.logsumexp(lp[:, tgt], -1) - torch.logsumexp(lp[:, src], -1)).tolist()
 
 
+def _run_batch(
+    vlm: Any, inputs: dict[str, Tensor], edit: Any, opts: RunOptions, ids: tuple[list[int], list[int]] | None
+) -> tuple[list[list[int]], list[float]]:
+    """Greedy answer ids of one prepared batch and, with ``ids``, the first-position margins."""
+    last = vlm.n_layers - 1
+    layers = [last] if ids is not None else []
+    run = run_generation(vlm, inputs, opts.max_new_tokens, layers=layers, edit=edit, remote=opts.remote)
+    return run.tokens, _run_margins(vlm, run, ids)
+
+
+def _run_margins(vlm: Any, run: BatchRun, ids: tuple[list[int], list[int]] | None) -> list[float]:
+    if ids is None:
+        return [math.nan] * len(run.tokens)
+    return _margins(vlm, run.states[vlm.n_layers - 1][0], ids)
+
+
 def _run(
     vlm: Any,
     rows: Sequence[Sample],
@@ -101,7 +121,6 @@ def _run(
     desc: str,
 ) -> tuple[list[list[int]], list[float]]:
     """Greedy answer ids of every row (``patch`` sliced per batch) and, with ``ids``, the first-position margins."""
-    last = vlm.n_layers - 1
     tokens: list[list[int]] = []
     margins: list[float] = []
     for start, batch in batched(rows, opts, desc):
@@ -109,10 +128,9 @@ def _run(
         edit = None
         if patch is not None:
             edit = patch.select_rows(slice(start, start + len(batch))).bind(vlm, inputs)
-        layers = [last] if ids is not None else []
-        run = run_generation(vlm, inputs, opts.max_new_tokens, layers=layers, edit=edit, remote=opts.remote)
-        tokens += run.tokens
-        margins += _margins(vlm, run.states[last][0], ids) if ids is not None else [math.nan] * len(batch)
+        toks, margs = _run_batch(vlm, inputs, edit, opts, ids)
+        tokens += toks
+        margins += margs
     return tokens, margins
 
 
@@ -158,17 +176,63 @@ class _Answers:
 
 def _run_grid(vlm: Any, plan: SweepPlan, points: list[_Point], opts: RunOptions) -> list[_Answers]:
     everything = [*plan.samples, *plan.keep]
-    rows = _replicate(everything, points)
-    patch = _grid_patch(plan, points, len(everything))
-    grid_opts = opts.replace(batch_size=opts.batch_size * len(points))
     ids = _margin_ids(vlm, plan.margin_words)
-    tokens, margins = _run(vlm, rows, patch, grid_opts, ids, "sweep")
+    if plan.layers and can_share_prefix(vlm, plan.positions, opts.remote):
+        tokens, margins = _run_grid_shared(vlm, plan, points, opts, ids, everything)
+    else:
+        rows = _replicate(everything, points)
+        patch = _grid_patch(plan, points, len(everything))
+        grid_opts = opts.replace(batch_size=opts.batch_size * len(points))
+        tokens, margins = _run(vlm, rows, patch, grid_opts, ids, "sweep")
     g = len(points)
     out = []
     for j in range(g):
         toks = tokens[j::g]
         out.append(_Answers(toks, [vlm.decode(t) for t in toks], margins[j::g]))
     return out
+
+
+def _run_grid_shared(
+    vlm: Any,
+    plan: SweepPlan,
+    points: list[_Point],
+    opts: RunOptions,
+    ids: tuple[list[int], list[int]] | None,
+    everything: list[Sample],
+) -> tuple[list[list[int]], list[float]]:
+    """The grid's rows (sample-major, as the plain path lays them out) with the prompt prefix run once per sample.
+
+    The unsteered and steering points share each sample's prompt prefix (`nnshift.steering.prefix`); the
+    prompting baselines change the prompt and run as a plain batch of their own.
+    """
+    g, n = len(points), len(everything)
+    own = [j for j, p in enumerate(points) if p.kind != "prompt"]
+    other = [j for j, p in enumerate(points) if p.kind == "prompt"]
+    k = len(own)
+    tokens: list[list[int]] = [[] for _ in range(n * g)]
+    margins: list[float] = [math.nan] * (n * g)
+    patch = _grid_patch(plan, [points[j] for j in own], n)
+    layers = [vlm.n_layers - 1] if ids is not None else []
+    for start, batch in batched(everything, opts, "sweep"):
+        part = None if patch is None else patch.select_rows(slice(start * k, (start + len(batch)) * k))
+        inputs = vlm.prepare(list(batch))
+        if batch_allows_sharing(vlm, inputs):
+            run = run_shared(vlm, inputs, k, part, opts.max_new_tokens, layers)
+            toks, margs = run.tokens, _run_margins(vlm, run, ids)
+        else:
+            rows = prepare_rows(vlm, [s for s in batch for _ in range(k)])
+            toks, margs = _run_batch(vlm, rows, None if part is None else part.bind(vlm, rows), opts, ids)
+        for r in range(len(toks)):
+            at = (start + r // k) * g + own[r % k]
+            tokens[at], margins[at] = toks[r], margs[r]
+    if other:
+        rows = _replicate(everything, [points[j] for j in other])
+        base_opts = opts.replace(batch_size=opts.batch_size * len(other))
+        toks, margs = _run(vlm, rows, None, base_opts, ids, "baselines")
+        for r in range(len(toks)):
+            at = (r // len(other)) * g + other[r % len(other)]
+            tokens[at], margins[at] = toks[r], margs[r]
+    return tokens, margins
 
 
 def _run_model(vlm: Any, other: Any, plan: SweepPlan, opts: RunOptions) -> _Answers:

@@ -12,5 +12,6 @@ AYA_VISION = builtin(
     image_token_id_attrs=INDEX_FIRST,
     image_token="<|IMG_PATCH|>",
     end_of_turn_tokens=("<|END_OF_TURN_TOKEN|>",),
+    shares_prompt_prefix=True,
     notes="CohereLabs/aya-vision-*; image tokens are the processor's img_patch_token between <|START_OF_IMG|> and <|END_OF_IMG|>",
 )

@@ -21,6 +21,7 @@ IDEFICS2 = builtin(
     "idefics2",
     "Idefics2ForConditionalGeneration",
     **_SHARED,
+    shares_prompt_prefix=True,
     notes="HuggingFaceM4/idefics2-8b; image tokens are the perceiver latents, wrapped in <fake_token_around_image>",
 )
 
@@ -29,5 +30,6 @@ IDEFICS3 = builtin(
     "Idefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration",
     **_SHARED,
+    shares_prompt_prefix=True,
     notes="HuggingFaceM4/Idefics3-8B-Llama3, HuggingFaceTB/SmolVLM-*; pixel-shuffle connector",
 )

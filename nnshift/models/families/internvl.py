@@ -12,5 +12,6 @@ INTERNVL = builtin(
     image_token_id_attrs=ID_ONLY,
     image_token="<IMG_CONTEXT>",
     end_of_turn_tokens=("<|im_end|>",),
+    shares_prompt_prefix=True,
     notes="OpenGVLab/InternVL3-*-hf, InternVL3_5-*-HF; image tokens are <IMG_CONTEXT> between <img> and </img>",
 )

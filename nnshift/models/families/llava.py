@@ -10,5 +10,6 @@ LLAVA = builtin(
     "llava",
     "LlavaForConditionalGeneration",
     image_token="<image>",
+    shares_prompt_prefix=True,
     notes="LLaVA-1.5 (llava-hf/llava-1.5-*-hf); the vision tower's CLIP encoder layers are never used as layers.",
 )

@@ -11,5 +11,6 @@ LLAVA_NEXT = builtin(
     "LlavaNextForConditionalGeneration",
     image_token="<image>",
     end_of_turn_tokens=("<|im_end|>", "<|eot_id|>"),
+    shares_prompt_prefix=True,
     notes="llava-hf/llava-v1.6-*; the number of image tokens depends on the image size (tiling)",
 )

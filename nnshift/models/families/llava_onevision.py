@@ -12,5 +12,6 @@ LLAVA_ONEVISION = builtin(
     image_token_id_attrs=INDEX_FIRST,
     image_token="<image>",
     end_of_turn_tokens=("<|im_end|>",),
+    shares_prompt_prefix=True,
     notes="llava-hf/llava-onevision-qwen2-*-hf; the number of image tokens depends on the image size (tiles + newline tokens)",
 )

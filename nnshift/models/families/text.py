@@ -42,4 +42,6 @@ LLAMA_LIKE = _text_only(
     notes="decoder-only LMs laid out like Llama; tested on Llama and Qwen2, the others are validated at load",
 )
 
-GPT2 = _text_only("gpt2", "GPT2LMHeadModel", layers="transformer.h", final_norm="transformer.ln_f")
+GPT2 = _text_only(
+    "gpt2", "GPT2LMHeadModel", layers="transformer.h", final_norm="transformer.ln_f", shares_prompt_prefix=True
+)

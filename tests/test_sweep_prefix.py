@@ -1,0 +1,261 @@
+"""Prompt-prefix sharing in `sweep`: the shared path gives the plain path's token ids and margins, or is not used.
+
+Each comparison runs the sweep's grid twice on the same plan: once as the plain path (every prompt in full at
+every grid point; `can_share_prefix` forced off) and once shared (the prefix once per sample; counted, so a
+test fails when the shared path silently does not run).
+"""
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+import nnshift as ns
+from nnshift.models.testing import cached_tiny, tiny_image
+from nnshift.options import run_options
+from nnshift.positions import generated, last_prompt
+from nnshift.steering import Patch, SteeringVector, prefix, sweeps
+from nnshift.steering.sweep_args import check_sweep_args
+from nnshift.steering.targets import AnswerTypeTarget
+
+warnings.filterwarnings("ignore")
+
+TARGET = AnswerTypeTarget("yes/no", "number")
+POSITIONS = {"last_prompt": "last_prompt", "generated": "generated", "union": last_prompt() | generated()}
+
+
+def _grid(vlm, vec, samples, positions, *, alphas, layers, prompts=None, max_new_tokens=4, batch_size=4):
+    plan = check_sweep_args(vlm, vec, samples, TARGET, alphas, layers, positions, None, prompts, None, False, True)
+    opts = run_options(None, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
+    points = sweeps._grid(plan)
+    return points, sweeps._run_grid(vlm, plan, points, opts)
+
+
+def _both(monkeypatch, vlm, vec, samples, positions, **kw):
+    """(plain answers, shared answers, number of shared generations)."""
+    calls = []
+    real = sweeps.run_shared
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(sweeps, "can_share_prefix", lambda *a: False)
+        points, plain = _grid(vlm, vec, samples, positions, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(sweeps, "run_shared", counted)
+        _, shared = _grid(vlm, vec, samples, positions, **kw)
+    return points, plain, shared, len(calls)
+
+
+def _assert_same(points, plain, shared):
+    for p, a, b in zip(points, plain, shared, strict=True):
+        assert a.ids == b.ids, p.name
+        assert a.text == b.text, p.name
+        ma, mb = torch.tensor(a.margins), torch.tensor(b.margins)
+        assert torch.allclose(ma, mb, atol=1e-5, equal_nan=True), (p.name, ma, mb)
+
+
+# ---------------------------------------------------------------------------- shapes zoo (LLaVA)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return ns.zoo.load("shapes-base")
+
+
+@pytest.fixture(scope="module")
+def shapes_vec(shapes):
+    yn = ns.zoo.dataset(12, task="vqa", answer_type="yes/no", seed=201)
+    num = ns.zoo.dataset(12, task="vqa", answer_type="number", seed=202)
+    acts = ns.capture(shapes, yn + num, layer=3, at="last_prompt", progress=False)
+    return ns.steering.answer_type_vector(acts, "yes/no", "number", by="reference")
+
+
+@pytest.fixture(scope="module")
+def shapes_set():
+    samples = ns.zoo.dataset(10, task="vqa", seed=305)
+    assert len({len(s.prompt.split()) for s in samples}) > 1  # prompts of different lengths: left padding
+    return samples
+
+
+@pytest.mark.parametrize("where", list(POSITIONS))
+def test_shapes_shared_equals_plain(monkeypatch, shapes, shapes_vec, shapes_set, where):
+    points, plain, shared, calls = _both(
+        monkeypatch,
+        shapes,
+        shapes_vec,
+        shapes_set,
+        POSITIONS[where],
+        alphas=(0.0, 1.0, 3.0, 8.0),
+        layers=[2, 3],
+        prompts={"prompt: number": "Answer with a number."},
+        max_new_tokens=5,
+    )
+    assert calls == 3  # 10 samples in batches of 4
+    _assert_same(points, plain, shared)
+    base = plain[0]
+    assert not any(torch.isnan(torch.tensor(base.margins)))  # steerability margins are compared
+    assert any(a.ids != base.ids for a in plain[2:]), "the steering changed nothing: the comparison is vacuous"
+    if where != "generated":  # the margins are read at the last prompt position: steered there
+        assert any(a.margins != base.margins for a in plain[2:])
+    else:
+        assert all(a.margins == base.margins for a in plain[2:])
+    # early stopping: some answers end (EOS) before max_new_tokens
+    assert any(len(t) < 5 for a in plain for t in a.ids)
+
+
+@pytest.mark.parametrize("op", ["project_out", "clamp"])
+def test_shapes_operator_patch_shared_equals_plain(monkeypatch, shapes, shapes_vec, shapes_set, op):
+    """A patch's operator is kept on the shared path too (bound to the last prompt column)."""
+    value = 2.0 if op == "clamp" else None
+    patch = Patch(shapes_vec, 1.0, last_prompt() | generated(), layer=3, op=op, value=value)
+    points, plain, shared, calls = _both(
+        monkeypatch, shapes, patch, shapes_set, None, alphas=(0.5, 1.0), layers=[2, 3], max_new_tokens=3
+    )
+    assert calls == 3
+    _assert_same(points, plain, shared)
+    assert any(a.margins != plain[0].margins for a in plain[1:])
+
+
+def test_batches_that_cannot_share_fall_back_exactly(monkeypatch, shapes, shapes_vec, shapes_set):
+    """A batch refused by `batch_allows_sharing` runs its grid rows in full, laid out as the plain path does."""
+    monkeypatch.setattr(sweeps, "batch_allows_sharing", lambda *a: False)
+    points, plain, shared, calls = _both(
+        monkeypatch,
+        shapes,
+        shapes_vec,
+        shapes_set,
+        "last_prompt",
+        alphas=(1.0, 4.0),
+        layers=[2, 3],
+        prompts={"prompt: number": "Answer with a number."},
+    )
+    assert calls == 0
+    _assert_same(points, plain, shared)
+
+
+def test_shapes_public_sweep_uses_sharing_and_matches(monkeypatch, shapes, shapes_vec, shapes_set):
+    """Through `ns.steering.sweep`: the report's answers and margins do not change when sharing is switched off."""
+    kw = {
+        "target": TARGET,
+        "alphas": (1.0, 4.0),
+        "layers": [2, 3],
+        "positions": last_prompt() | generated(),
+        "fluency": False,
+        "batch_size": 5,
+        "max_new_tokens": 4,
+        "progress": False,
+    }
+    calls = []
+    real = sweeps.run_shared
+    monkeypatch.setattr(sweeps, "run_shared", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared = ns.steering.sweep(shapes, shapes_vec, shapes_set, **kw)
+    assert calls == [1, 1]
+    monkeypatch.setattr(sweeps, "can_share_prefix", lambda *a: False)
+    plain = ns.steering.sweep(shapes, shapes_vec, shapes_set, **kw)
+    assert len(calls) == 2
+    for a, b in zip(plain.rows, shared.rows, strict=True):
+        assert a.answers == b.answers
+        assert torch.allclose(torch.tensor(a.sample_margin), torch.tensor(b.sample_margin), atol=1e-5, equal_nan=True)
+        assert a.sample_moved == b.sample_moved
+
+
+@pytest.mark.parametrize("where", ["all", "prompt", "image", "text"])
+def test_positions_touching_the_prefix_run_plain(monkeypatch, shapes, shapes_vec, shapes_set, where):
+    monkeypatch.setattr(sweeps, "run_shared", lambda *a, **k: pytest.fail("shared path used"))
+    _grid(shapes, shapes_vec, shapes_set, where, alphas=(1.0,), layers=[3], max_new_tokens=1, batch_size=10)
+    assert not prefix.can_share_prefix(shapes, ns.positions.as_selector(where), False)
+
+
+def test_remote_and_unverified_families_run_plain(shapes):
+    sel = last_prompt() | generated()
+    assert prefix.can_share_prefix(shapes, sel, False)
+    assert not prefix.can_share_prefix(shapes, sel, True)
+    assert not prefix.can_share_prefix(shapes, sel, "local")
+    unverified = dataclasses.replace(shapes.adapter, shares_prompt_prefix=False)
+    fake = type("Fake", (), {"adapter": unverified, "hf": shapes.hf})()
+    assert not prefix.can_share_prefix(fake, sel, False)
+    assert not prefix.can_share_prefix(object(), sel, False)
+
+
+def test_unverified_family_sweep_runs_plain(monkeypatch, shapes, shapes_vec, shapes_set):
+    monkeypatch.setattr(shapes, "adapter", dataclasses.replace(shapes.adapter, shares_prompt_prefix=False))
+    monkeypatch.setattr(sweeps, "run_shared", lambda *a, **k: pytest.fail("shared path used"))
+    _grid(shapes, shapes_vec, shapes_set, "last_prompt", alphas=(1.0,), layers=[3], max_new_tokens=1, batch_size=10)
+
+
+def test_a_batch_ending_in_an_image_token_runs_plain(shapes, shapes_set):
+    inputs = shapes.prepare(shapes_set[:2])
+    assert prefix.batch_allows_sharing(shapes, inputs)
+    ids = inputs["input_ids"].clone()
+    ids[:, -1] = shapes._image_token_id
+    assert not prefix.batch_allows_sharing(shapes, {**inputs, "input_ids": ids})
+    right = inputs["attention_mask"].clone()
+    right[0, -1] = 0
+    assert not prefix.batch_allows_sharing(shapes, {**inputs, "attention_mask": right})
+
+
+# ---------------------------------------------------------------------------- tiny models of the enabled families
+
+ENABLED = [
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "idefics2",
+    "idefics3",
+    "smolvlm",
+    "internvl",
+    "aya_vision",
+    "gpt2",
+]
+WORDS = ["what color is the dog ?", "how many", "is there a red cat on the mat near the dog", "how many cats"]
+
+
+def _tiny(arch):
+    opts = {"layers": 2} if arch == "gpt2" else {"vision_layers": 1, "text_layers": 2}
+    vlm = ns.load(cached_tiny(arch, **opts), dtype="float32")
+    img = vlm.is_multimodal
+    samples = [
+        ns.Sample(id=f"s{i}", prompt=p, image=tiny_image(i) if img else None, answers=[["yes", "2"][i % 2]])
+        for i, p in enumerate(WORDS)
+    ]
+    return vlm, samples
+
+
+def _tiny_vector(vlm, samples, layer):
+    acts = ns.capture(vlm, samples, layer=layer, at="last_prompt", progress=False)
+    norm = float(acts.tensor.float().norm(dim=-1).mean())
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(vlm.hidden_size, generator=g)
+    return SteeringVector(v / v.norm() * norm, layer)
+
+
+@pytest.mark.parametrize("arch", ENABLED)
+def test_tiny_family_shared_equals_plain(monkeypatch, arch):
+    vlm, samples = _tiny(arch)
+    assert vlm.adapter.shares_prompt_prefix
+    vecs = {0: _tiny_vector(vlm, samples, 0), 1: _tiny_vector(vlm, samples, 1)}
+    points, plain, shared, calls = _both(
+        monkeypatch,
+        vlm,
+        vecs,
+        samples,
+        last_prompt() | generated(),
+        alphas=(0.5, 2.0, 6.0),
+        layers=[0, 1],
+        prompts={"prompt: yes": "answer yes"},
+        batch_size=3,
+    )
+    assert calls == 2
+    _assert_same(points, plain, shared)
+    assert any(a.ids != plain[0].ids for a in plain[2:]), "the steering changed nothing: the comparison is vacuous"
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "gemma3", "paligemma"])
+def test_unverified_tiny_families_are_off(arch):
+    vlm, _ = _tiny(arch)
+    assert not vlm.adapter.shares_prompt_prefix
+    assert not prefix.can_share_prefix(vlm, last_prompt(), False)
