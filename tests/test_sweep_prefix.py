@@ -166,8 +166,33 @@ def test_shapes_public_sweep_uses_sharing_and_matches(monkeypatch, shapes, shape
 @pytest.mark.parametrize("where", ["all", "prompt", "image", "text"])
 def test_positions_touching_the_prefix_run_plain(monkeypatch, shapes, shapes_vec, shapes_set, where):
     monkeypatch.setattr(sweeps, "run_shared", lambda *a, **k: pytest.fail("shared path used"))
-    _grid(shapes, shapes_vec, shapes_set, where, alphas=(1.0,), layers=[3], max_new_tokens=1, batch_size=10)
-    assert not prefix.can_share_prefix(shapes, ns.positions.as_selector(where), False)
+    _grid(shapes, shapes_vec, shapes_set, where, alphas=(1.0,), layers=[2], max_new_tokens=1, batch_size=10)
+    sel = ns.positions.as_selector(where)
+    assert not prefix.can_share_prefix(shapes, sel, False) and not prefix.can_share_prefix(shapes, sel, False, 2)
+    assert prefix.can_share_prefix(shapes, sel, False, 3) and prefix.can_share_prefix(shapes, sel, False, -1)
+
+
+@pytest.mark.parametrize("where", ["all", "prompt", "text"])
+def test_any_positions_at_the_last_layer_share_and_match(monkeypatch, shapes, shapes_vec, shapes_set, where):
+    """At the last layer a patch at earlier prompt positions reaches nothing generation reads: shared == plain.
+
+    Layer 2 (which needs the full prompt) runs plain beside it, in the same sweep."""
+    points, plain, shared, calls = _both(
+        monkeypatch,
+        shapes,
+        shapes_vec,
+        shapes_set,
+        where,
+        alphas=(1.0, 3.0),
+        layers=[2, 3],
+        prompts={"prompt: number": "Answer with a number."},
+        max_new_tokens=4,
+    )
+    assert calls == 3  # the unsteered and layer-3 points of the 3 batches
+    _assert_same(points, plain, shared)
+    l2 = [a for p, a in zip(points, plain, strict=True) if p.layer == 2]
+    l3 = [a for p, a in zip(points, plain, strict=True) if p.layer == 3]
+    assert any(a.ids != plain[0].ids for a in l3) and any(a.ids != plain[0].ids for a in l2)  # both steer
 
 
 def test_remote_and_unverified_families_run_plain(shapes):

@@ -10,7 +10,8 @@ from the last prompt token: step 0 is the last prompt position alone, then the d
 
 This is used only where it was shown to generate what the plain run does: locally, for a model family whose
 adapter says so (`ModelAdapter.shares_prompt_prefix`, verified on the tiny models and the shapes zoo by
-tests/test_sweep_prefix.py), for positions that spare the prefix, and for prompts whose last token is text.
+tests/test_sweep_prefix.py), for positions that spare the prefix or a patch at the model's last layer (whatever
+its positions: see `can_share_prefix`), and for prompts whose last token is text.
 """
 
 from __future__ import annotations
@@ -36,15 +37,18 @@ def spares_prompt_prefix(selector: Selector) -> bool:
     return all(type(p) in (LastPrompt, Generated) for p in selector_parts(selector))
 
 
-def can_share_prefix(vlm: Any, selector: Selector, remote: object) -> bool:
-    """Whether a sweep with patches at ``selector`` may share the prompt prefix on ``vlm`` (local, verified family)."""
+def can_share_prefix(vlm: Any, selector: Selector, remote: object, layer: int | None = None) -> bool:
+    """Whether grid points patched at ``selector`` (at ``layer``) may share the prompt prefix on ``vlm``.
+
+    The run must be local and the family verified; the positions must spare the prefix, or ``layer`` must be the
+    model's last layer: its output at an earlier prompt position feeds only that position's logits, which
+    generation never reads, and no layer's KV cache (each layer's keys and values come from its input).
+    """
     adapter = getattr(vlm, "adapter", None)
-    return (
-        remote is False
-        and getattr(adapter, "shares_prompt_prefix", False) is True
-        and hasattr(vlm, "hf")
-        and spares_prompt_prefix(selector)
-    )
+    ready = remote is False and getattr(adapter, "shares_prompt_prefix", False) is True and hasattr(vlm, "hf")
+    if not ready:
+        return False
+    return spares_prompt_prefix(selector) or (layer is not None and vlm.layer_index(layer) == vlm.n_layers - 1)
 
 
 def batch_allows_sharing(vlm: Any, inputs: dict[str, Tensor]) -> bool:

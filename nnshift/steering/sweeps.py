@@ -148,7 +148,7 @@ def _with_instruction(s: Sample, text: str) -> Sample:
 def _grid_patch(plan: SweepPlan, points: list[_Point], n_samples: int) -> PatchSet | None:
     """One patch per layer; its per-row alpha/rows switch it on only for that layer's replicas (sample-major)."""
     patches = []
-    for layer in plan.layers:
+    for layer in [x for x in plan.layers if any(p.layer == x for p in points)]:
         alpha = torch.tensor([p.alpha if p.layer == layer else 0.0 for p in points] * n_samples, dtype=torch.float32)
         rows = torch.tensor([p.layer == layer for p in points] * n_samples, dtype=torch.bool)
         patches.append(plan.patch(layer, alpha, rows))
@@ -177,8 +177,9 @@ class _Answers:
 def _run_grid(vlm: Any, plan: SweepPlan, points: list[_Point], opts: RunOptions) -> list[_Answers]:
     everything = [*plan.samples, *plan.keep]
     ids = _margin_ids(vlm, plan.margin_words)
-    if plan.layers and can_share_prefix(vlm, plan.positions, opts.remote):
-        tokens, margins = _run_grid_shared(vlm, plan, points, opts, ids, everything)
+    shared = [x for x in plan.layers if can_share_prefix(vlm, plan.positions, opts.remote, x)]
+    if shared:
+        tokens, margins = _run_grid_shared(vlm, plan, points, opts, ids, everything, shared)
     else:
         rows = _replicate(everything, points)
         patch = _grid_patch(plan, points, len(everything))
@@ -199,15 +200,17 @@ def _run_grid_shared(
     opts: RunOptions,
     ids: tuple[list[int], list[int]] | None,
     everything: list[Sample],
+    shared: list[int],
 ) -> tuple[list[list[int]], list[float]]:
     """The grid's rows (sample-major, as the plain path lays them out) with the prompt prefix run once per sample.
 
-    The unsteered and steering points share each sample's prompt prefix (`nnshift.steering.prefix`); the
-    prompting baselines change the prompt and run as a plain batch of their own.
+    The unsteered point and the steering points at the ``shared`` layers share each sample's prompt prefix
+    (`nnshift.steering.prefix`); the prompting baselines (another prompt) and the steering points at other
+    layers run as a plain batch of their own.
     """
     g, n = len(points), len(everything)
-    own = [j for j, p in enumerate(points) if p.kind != "prompt"]
-    other = [j for j, p in enumerate(points) if p.kind == "prompt"]
+    own = [j for j, p in enumerate(points) if p.kind == "unsteered" or (p.kind == "steer" and p.layer in shared)]
+    other = [j for j, p in enumerate(points) if j not in own]
     k = len(own)
     tokens: list[list[int]] = [[] for _ in range(n * g)]
     margins: list[float] = [math.nan] * (n * g)
@@ -226,9 +229,9 @@ def _run_grid_shared(
             at = (start + r // k) * g + own[r % k]
             tokens[at], margins[at] = toks[r], margs[r]
     if other:
-        rows = _replicate(everything, [points[j] for j in other])
+        rest = [points[j] for j in other]
         base_opts = opts.replace(batch_size=opts.batch_size * len(other))
-        toks, margs = _run(vlm, rows, None, base_opts, ids, "baselines")
+        toks, margs = _run(vlm, _replicate(everything, rest), _grid_patch(plan, rest, n), base_opts, ids, "sweep")
         for r in range(len(toks)):
             at = (r // len(other)) * g + other[r % len(other)]
             tokens[at], margins[at] = toks[r], margs[r]
