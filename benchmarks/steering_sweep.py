@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 import nnshift as ns
-from nnshift.steering import AnswerTypeTarget, CaptionStyle, TargetAnswer
+from nnshift.steering import AnswerTypeTarget, CaptionStyle, TargetAnswer, sweeps
 
 warnings.filterwarnings("ignore")
 
@@ -333,6 +333,20 @@ def fresh_check(base: Any, spec: Spec, cal: Any, run: dict[str, Any]) -> dict[st
     }
 
 
+def unshared(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` with prompt-prefix sharing switched off (the plain path of `sweep`)."""
+
+    def run() -> Any:
+        real = sweeps.can_share_prefix
+        sweeps.can_share_prefix = lambda *a: False  # type: ignore[assignment]
+        try:
+            return fn()
+        finally:
+            sweeps.can_share_prefix = real
+
+    return run
+
+
 def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
     """Best (wall, process CPU) time of each function over ``repeats`` round-robin rounds, after a warm-up round.
 
@@ -378,6 +392,7 @@ def cost(base: Any, spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
         "sweep, fluency off": sweep(False, True),
         "sweep, steerability off": sweep(True, False),
         "sweep, both off": sweep(False, False),
+        "sweep, prefix sharing off": unshared(sweep(True, True)),
     }
     best = timed(fns, args.repeats)
     wall, cpu = best["steer (one alpha)"]

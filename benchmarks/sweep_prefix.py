@@ -26,26 +26,11 @@ import torch
 
 import nnshift as ns
 from nnshift.positions import generated, last_prompt
-from nnshift.steering import sweeps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steering_sweep import meta, yesno_to_number
+from steering_sweep import meta, unshared, yesno_to_number
 
 warnings.filterwarnings("ignore")
-
-
-def unshared(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """``fn`` with prompt-prefix sharing switched off (the plain path of `sweep`)."""
-
-    def run() -> Any:
-        real = sweeps.can_share_prefix
-        sweeps.can_share_prefix = lambda *a: False  # type: ignore[assignment]
-        try:
-            return fn()
-        finally:
-            sweeps.can_share_prefix = real
-
-    return run
 
 
 def timed(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, float]]:

@@ -253,13 +253,15 @@ def steering_block(docs: dict[str, dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
-def cost_block() -> str:
-    """The generated part of docs/benchmarks.md's sweep section."""
-    c = json.loads((RESULTS / "cost.json").read_text())
-    m = c["meta"]
+PREFIX_COST = ROOT / "benchmarks" / "results" / "sweep_prefix" / "cost.json"
+
+
+def _cost_table(c: dict[str, Any], what: str) -> list[str]:
+    """The header line and timing table of one cost JSON (``meta`` nested or at the top level)."""
+    m = c.get("meta", c)
     lines = [
         f"`{m['command']}` ({m['date']}; {m['machine']['processor']}, {m['machine']['cpu_count']} core(s), "
-        f"{m['machine']['torch_threads']} torch thread, torch {m['versions']['torch']}): {c['n_questions']} "
+        f"{m['machine']['torch_threads']} torch thread, torch {m['versions']['torch']}): {what}, {c['n_questions']} "
         f"questions, {len(c['alphas'])} alphas x {len(c['layers'])} layers ({c['grid_points']} grid points with "
         f"the unsteered one), batch size {c['batch_size']} samples, {c['max_new_tokens']} new tokens, best of "
         f"{c['repeats']} round-robin runs after a warm-up (wall and process CPU time, each the best).",
@@ -272,6 +274,22 @@ def cost_block() -> str:
             f"| {k} | {v:.2f} | {c['ratio_to_steer'][k]:.2f} | {c['cpu_seconds'][k]:.2f} | "
             f"{c['cpu_ratio_to_steer'][k]:.2f} |"
         )
+    return lines
+
+
+def cost_block() -> str:
+    """The generated part of docs/benchmarks.md's sweep section: every position, then prefix-sparing positions."""
+    c = json.loads((RESULTS / "cost.json").read_text())
+    lines = _cost_table(c, "patches at every position (a vector's default)")
+    if PREFIX_COST.exists():
+        p = json.loads(PREFIX_COST.read_text())
+        same = p["shared_equals_unshared"]
+        lines += ["", *_cost_table(p, "patches at `last_prompt | generated` (they spare the prompt prefix)")]
+        lines += [
+            "",
+            f"Shared and unshared sweeps give the same answers: {'yes' if same['same_answers'] else 'NO'} "
+            f"(largest margin difference {same['max_margin_diff']:.1e} nats).",
+        ]
     return "\n".join(lines) + "\n\n![sweep cost](img/steering-sweep-cost.png)"
 
 
