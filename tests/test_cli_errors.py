@@ -315,7 +315,8 @@ def test_help_of_every_command_has_an_example():
 # ---------------------------------------------------------------------------- Ctrl-C
 
 
-def test_ctrl_c_while_importing_exits_130_quietly(tmp_path):
+def _interrupt_while_importing(tmp_path):
+    """Start the command, send SIGINT once the interrupt hook is imported; (return code, stderr, lines seen)."""
     args = ["capture", "--model", "shapes-base", "--data", tmp_path / "x.jsonl", "--out", tmp_path / "o"]
     proc = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "nnshift", *map(str, args)],
@@ -331,9 +332,18 @@ def test_ctrl_c_while_importing_exits_130_quietly(tmp_path):
             break
     proc.send_signal(signal.SIGINT)  # the hook is in place; torch, transformers and nnsight are still to come
     _, err = proc.communicate(timeout=120)
-    err = "".join(seen) + err
+    return proc.returncode, "".join(seen) + err, seen
+
+
+def test_ctrl_c_while_importing_exits_130_quietly(tmp_path):
+    for _ in range(3):
+        rc, err, seen = _interrupt_while_importing(tmp_path)
+        # on a busy machine the child may finish every import (and fail on the missing --data) before the
+        # signal arrives: the case under test did not happen, so try again
+        if not (rc == 2 and "--data file not found" in err):
+            break
     assert not any(ln.rstrip().endswith("  torch") for ln in seen), "torch was imported before the hook"
-    assert proc.returncode == 130, err[-2000:]
+    assert rc == 130, err[-2000:]
     assert "Traceback" not in err and INTERRUPTED in err.splitlines(), err[-2000:]
 
 
