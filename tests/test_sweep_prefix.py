@@ -14,7 +14,7 @@ import torch
 import nnshift as ns
 from nnshift.models.testing import cached_tiny, tiny_image
 from nnshift.options import run_options
-from nnshift.positions import generated, last_prompt
+from nnshift.positions import generated, image, last_prompt, text
 from nnshift.steering import Patch, SteeringVector, prefix, sweeps
 from nnshift.steering.sweep_args import check_sweep_args
 from nnshift.steering.targets import AnswerTypeTarget
@@ -163,13 +163,45 @@ def test_shapes_public_sweep_uses_sharing_and_matches(monkeypatch, shapes, shape
         assert a.sample_moved == b.sample_moved
 
 
-@pytest.mark.parametrize("where", ["all", "prompt", "image", "text"])
-def test_positions_touching_the_prefix_run_plain(monkeypatch, shapes, shapes_vec, shapes_set, where):
+@pytest.mark.parametrize("where", ["image", "last_prompt_or_image", "last_prompt_or_all", "text_or_image"])
+def test_positions_touching_the_prefix_by_its_end_run_plain(monkeypatch, shapes, shapes_vec, shapes_set, where):
+    """A last_prompt part moves with the prompt's end, and image() refuses the last (text) column alone: with
+    positions on the prefix too, nothing is shared, at any layer when image positions are among them."""
+    sel = {
+        "image": image(),
+        "last_prompt_or_image": last_prompt() | image(),
+        "last_prompt_or_all": last_prompt() | ns.positions.every(),
+        "text_or_image": text() | image(),
+    }[where]
     monkeypatch.setattr(sweeps, "run_shared", lambda *a, **k: pytest.fail("shared path used"))
-    _grid(shapes, shapes_vec, shapes_set, where, alphas=(1.0,), layers=[2], max_new_tokens=1, batch_size=10)
-    sel = ns.positions.as_selector(where)
-    assert not prefix.can_share_prefix(shapes, sel, False) and not prefix.can_share_prefix(shapes, sel, False, 2)
-    assert prefix.can_share_prefix(shapes, sel, False, 3) and prefix.can_share_prefix(shapes, sel, False, -1)
+    layers = [2] if where == "last_prompt_or_all" else [2, 3]  # (the last layer shares for last_prompt | all)
+    _grid(shapes, shapes_vec, shapes_set, sel, alphas=(1.0,), layers=layers, max_new_tokens=1, batch_size=10)
+    assert not prefix.can_share_prefix(shapes, sel, False, 2) and not prefix.can_split_prefix(shapes, sel, False)
+    assert prefix.can_share_prefix(shapes, sel, False, 3) == (where == "last_prompt_or_all")
+
+
+@pytest.mark.parametrize("where", ["all", "prompt", "text", "text_or_generated"])
+def test_positions_on_the_prefix_share_it_below_the_patch(monkeypatch, shapes, shapes_vec, shapes_set, where):
+    """Patched on earlier prompt positions at layer l < last: the prefix is shared up to l, exactly as plain."""
+    sel = text() | generated() if where == "text_or_generated" else where
+    assert prefix.can_split_prefix(shapes, ns.positions.as_selector(sel), False)
+    assert not prefix.can_share_prefix(shapes, ns.positions.as_selector(sel), False, 2)
+    points, plain, shared, calls = _both(
+        monkeypatch,
+        shapes,
+        shapes_vec,
+        shapes_set,
+        sel,
+        alphas=(0.5, 2.0, 6.0),
+        layers=[0, 1, 2, 3],
+        prompts={"prompt: number": "Answer with a number."},
+        max_new_tokens=4,
+    )
+    assert calls == 3
+    _assert_same(points, plain, shared)
+    for layer in (0, 1, 2):
+        rows = [a for p, a in zip(points, plain, strict=True) if p.layer == layer]
+        assert any(a.ids != plain[0].ids for a in rows), f"layer {layer} changed nothing: the check is vacuous"
 
 
 @pytest.mark.parametrize("where", ["all", "prompt", "text"])
@@ -258,8 +290,11 @@ def _tiny_vector(vlm, samples, layer):
     return SteeringVector(v / v.norm() * norm, layer)
 
 
+@pytest.mark.parametrize("where", ["last_prompt_or_generated", "all"])
 @pytest.mark.parametrize("arch", ENABLED)
-def test_tiny_family_shared_equals_plain(monkeypatch, arch):
+def test_tiny_family_shared_equals_plain(monkeypatch, arch, where):
+    """Each enabled family: the shared prefix (last_prompt | generated) and the prefix shared below the patch
+    ("all": layer 0 runs only its layers above, layer 1 is the last) generate what the plain path does."""
     vlm, samples = _tiny(arch)
     assert vlm.adapter.shares_prompt_prefix
     vecs = {0: _tiny_vector(vlm, samples, 0), 1: _tiny_vector(vlm, samples, 1)}
@@ -268,7 +303,7 @@ def test_tiny_family_shared_equals_plain(monkeypatch, arch):
         vlm,
         vecs,
         samples,
-        last_prompt() | generated(),
+        last_prompt() | generated() if where == "last_prompt_or_generated" else "all",
         alphas=(0.5, 2.0, 6.0),
         layers=[0, 1],
         prompts={"prompt: yes": "answer yes"},

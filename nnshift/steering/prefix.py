@@ -25,16 +25,33 @@ from torch import Tensor
 
 from nnshift.errors import SteeringError
 from nnshift.generation import BatchRun, run_generation
-from nnshift.positions import Generated, LastPrompt, Selector
+from nnshift.positions import All, Generated, Image, LastPrompt, Prompt, Selector, Text
 from nnshift.steering.deltas import selector_parts
 from nnshift.steering.patches import PatchSet
 
-__all__ = ["batch_allows_sharing", "can_share_prefix", "prefix_cache", "run_shared", "spares_prompt_prefix"]
+__all__ = [
+    "batch_allows_sharing",
+    "can_share_prefix",
+    "can_split_prefix",
+    "prefix_cache",
+    "run_shared",
+    "spares_prompt_prefix",
+]
+
+#: selectors whose choice at a prompt column depends on that column alone (not on where the prompt ends);
+#: `Image` is left out: bound to the last column alone (a text token) it finds no image and refuses
+_COLUMN_LOCAL = (All, Prompt, Text, Generated)
 
 
 def spares_prompt_prefix(selector: Selector) -> bool:
     """Whether ``selector`` leaves every prompt position but the last one alone (``last_prompt`` / ``generated``)."""
     return all(type(p) in (LastPrompt, Generated) for p in selector_parts(selector))
+
+
+def _ready(vlm: Any, remote: object) -> bool:
+    """A local run on a model whose family is verified for prefix sharing."""
+    adapter = getattr(vlm, "adapter", None)
+    return remote is False and getattr(adapter, "shares_prompt_prefix", False) is True and hasattr(vlm, "hf")
 
 
 def can_share_prefix(vlm: Any, selector: Selector, remote: object, layer: int | None = None) -> bool:
@@ -43,12 +60,27 @@ def can_share_prefix(vlm: Any, selector: Selector, remote: object, layer: int | 
     The run must be local and the family verified; the positions must spare the prefix, or ``layer`` must be the
     model's last layer: its output at an earlier prompt position feeds only that position's logits, which
     generation never reads, and no layer's KV cache (each layer's keys and values come from its input).
+    Image positions are left out: the continuation binds the patch to the last (text) column, where
+    ``image()`` finds no image token and refuses.
     """
-    adapter = getattr(vlm, "adapter", None)
-    ready = remote is False and getattr(adapter, "shares_prompt_prefix", False) is True and hasattr(vlm, "hf")
-    if not ready:
+    if not _ready(vlm, remote):
         return False
-    return spares_prompt_prefix(selector) or (layer is not None and vlm.layer_index(layer) == vlm.n_layers - 1)
+    if spares_prompt_prefix(selector):
+        return True
+    last = layer is not None and vlm.layer_index(layer) == vlm.n_layers - 1
+    return last and not any(isinstance(p, Image) for p in selector_parts(selector))
+
+
+def can_split_prefix(vlm: Any, selector: Selector, remote: object) -> bool:
+    """Whether points patched at ``selector`` on earlier prompt positions may share the prefix below their layer.
+
+    A patch at layer ``l`` leaves the prefix's states, and so its keys and values, unchanged up to layer ``l``
+    (layer ``l``'s own keys and values come from its input); only the layers above are recomputed, from the
+    patched output of layer ``l``. The selector must choose each prompt column by that column alone (`All`,
+    `Prompt`, `Text`, `Generated`; not `LastPrompt`, whose column moves when the prompt is cut, nor `Image`,
+    see `can_share_prefix`).
+    """
+    return _ready(vlm, remote) and all(type(p) in _COLUMN_LOCAL for p in selector_parts(selector))
 
 
 def batch_allows_sharing(vlm: Any, inputs: dict[str, Tensor]) -> bool:
@@ -62,27 +94,97 @@ def batch_allows_sharing(vlm: Any, inputs: dict[str, Tensor]) -> bool:
     return not bool(vlm.image_token_mask(ids)[:, -1].any())
 
 
-def prefix_cache(vlm: Any, inputs: dict[str, Tensor], copies: int) -> Any:
-    """The KV cache of every prompt position but the last, computed once per row, each row repeated ``copies`` times."""
+def _prefix_pass(vlm: Any, inputs: dict[str, Tensor], capture: Sequence[int]) -> tuple[Any, dict[int, Tensor]]:
+    """The KV cache of every prompt position but the last (one row per sample) and the states after ``capture``."""
     prefix = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in inputs.items()}
-    with torch.no_grad():
-        out = vlm.hf.generate(
-            **prefix,
-            max_new_tokens=1,
-            do_sample=False,
-            return_dict_in_generate=True,
-            pad_token_id=vlm.pad_token_id,
-            eos_token_id=vlm.eos_token_ids,
-        )
+    states: dict[int, Tensor] = {}
+
+    def keeper(layer: int) -> Any:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            states.setdefault(layer, output[0] if isinstance(output, tuple) else output)  # the prompt pass only
+
+        return hook
+
+    handles = [vlm.layer_module(layer).register_forward_hook(keeper(layer)) for layer in capture]
+    try:
+        with torch.no_grad():
+            out = vlm.hf.generate(
+                **prefix,
+                max_new_tokens=1,
+                do_sample=False,
+                return_dict_in_generate=True,
+                pad_token_id=vlm.pad_token_id,
+                eos_token_id=vlm.eos_token_ids,
+            )
+    finally:
+        for h in handles:
+            h.remove()
     cache = out.past_key_values
     if cache is None or cache.get_seq_length() != prefix["input_ids"].shape[1]:
         raise SteeringError(
             f"the prompt-prefix pass of {type(vlm.hf).__name__} returned no KV cache of the prefix's length",
             "set shares_prompt_prefix=False on this model's adapter (the sweep then runs every prompt in full)",
         )
+    return cache, states
+
+
+def prefix_cache(vlm: Any, inputs: dict[str, Tensor], copies: int) -> Any:
+    """The KV cache of every prompt position but the last, computed once per row, each row repeated ``copies`` times."""
+    cache, _ = _prefix_pass(vlm, inputs, ())
     if copies > 1:
         cache.batch_repeat_interleave(copies)
     return cache
+
+
+def _above(vlm: Any, prefix: dict[str, Tensor], layer: int, steered: Tensor) -> Any:
+    """The KV cache of the layers above ``layer`` over the prefix, from ``steered`` (its patched output).
+
+    The blocks up to ``layer`` are skipped (nnsight ``skip``), so the prompt is not run again below the patch;
+    image inputs are left out, since nothing they feed is computed.
+    """
+    filler = (steered,) if vlm.block_returns_tuple else steered
+    with torch.no_grad(), vlm.model.trace(dict(prefix), use_cache=True):
+        for j in range(layer + 1):
+            vlm.layer(j).skip(filler)
+        out = vlm.model.output.save()
+    return out.past_key_values
+
+
+def _split_cache(
+    vlm: Any, inputs: dict[str, Tensor], copies: int, patch: PatchSet, split_at: Sequence[int | None]
+) -> Any:
+    """The continuation's KV cache of ``B x copies`` rows: copy ``c`` shares the prefix below ``split_at[c]``."""
+    need = sorted({x for x in split_at if x is not None})
+    base, states = _prefix_pass(vlm, inputs, need)
+    n = int(inputs["input_ids"].shape[0])
+    parts: list[Any] = [base]
+    where: dict[int, tuple[int, int, list[int]]] = {}  # layer -> (part index, row offset, copies of that layer)
+    offset = n
+    for layer in need:
+        cs = [c for c, x in enumerate(split_at) if x == layer]
+        rows = [b * copies + c for b in range(n) for c in cs]
+        prefix = {k: inputs[k][:, :-1].repeat_interleave(len(cs), 0) for k in ("input_ids", "attention_mask")}
+        h = states[layer].repeat_interleave(len(cs), 0)
+        edit = patch.select_rows(rows).bind(vlm, prefix).edits.get(layer)
+        steered = edit.edit_prefill(h) if edit is not None else None
+        parts.append(_above(vlm, prefix, layer, h if steered is None else steered))
+        where[layer] = (len(parts) - 1, offset, cs)
+        offset += n * len(cs)
+    for j, cache_layer in enumerate(base.layers):
+        index = []
+        for b in range(n):
+            for c, x in enumerate(split_at):
+                if x is None or j <= x:
+                    index.append(b)
+                else:
+                    _, off, cs = where[x]
+                    index.append(off + b * len(cs) + cs.index(c))
+        pick = torch.tensor(index, device=cache_layer.keys.device)
+        keys = [cache_layer.keys] + [parts[where[x][0]].layers[j].keys for x in need if j > x]
+        values = [cache_layer.values] + [parts[where[x][0]].layers[j].values for x in need if j > x]
+        cache_layer.keys = torch.cat(keys).index_select(0, pick)
+        cache_layer.values = torch.cat(values).index_select(0, pick)
+    return base
 
 
 def run_shared(
@@ -92,11 +194,14 @@ def run_shared(
     patch: PatchSet | None,
     max_new_tokens: int,
     layers: Sequence[int] = (),
+    split_at: Sequence[int | None] | None = None,
 ) -> BatchRun:
     """Greedy generation of every row of ``inputs`` repeated ``copies`` times (sample-major) from a shared prefix.
 
     ``patch`` covers the ``len(inputs) x copies`` rows (per-row alpha/rows); it is bound to the last prompt
-    column, so its step 0 edits the last prompt position. The result is `run_generation`'s on the repeated rows.
+    column, so its step 0 edits the last prompt position. ``split_at[c]`` (a layer, or None) marks copies whose
+    patch also edits earlier prompt positions at that layer: they share the prefix below it (`can_split_prefix`).
+    The result is `run_generation`'s on the repeated rows.
     """
     ids, attn = inputs["input_ids"], inputs["attention_mask"]
     cont: dict[str, Any] = {
@@ -108,5 +213,12 @@ def run_shared(
         edit = patch.bind(
             vlm, {"input_ids": cont["input_ids"][:, -1:], "attention_mask": cont["attention_mask"][:, -1:]}
         )
-    cont["past_key_values"] = prefix_cache(vlm, inputs, copies)
+    if split_at is not None and any(x is not None for x in split_at):
+        if patch is None or len(split_at) != copies:
+            raise SteeringError(
+                "split_at needs the patch and one entry per copy", "pass split_at=[layer or None] * copies"
+            )
+        cont["past_key_values"] = _split_cache(vlm, inputs, copies, patch, split_at)
+    else:
+        cont["past_key_values"] = prefix_cache(vlm, inputs, copies)
     return run_generation(vlm, cont, max_new_tokens, layers=layers, edit=edit, remote=False)

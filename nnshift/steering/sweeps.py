@@ -42,7 +42,7 @@ from nnshift.options import Remote, RunOptions, batched, run_options
 from nnshift.positions import SelectorLike
 from nnshift.steering.fluency import answer_ids, answer_nll, mean_finite, prepare_rows
 from nnshift.steering.patches import Patch, PatchSet
-from nnshift.steering.prefix import batch_allows_sharing, can_share_prefix, run_shared
+from nnshift.steering.prefix import batch_allows_sharing, can_share_prefix, can_split_prefix, run_shared
 from nnshift.steering.sweep_args import SweepPlan, check_sweep_args
 from nnshift.steering.sweep_eval import evaluate_row
 from nnshift.steering.sweep_report import SweepReport, SweepRow
@@ -178,8 +178,9 @@ def _run_grid(vlm: Any, plan: SweepPlan, points: list[_Point], opts: RunOptions)
     everything = [*plan.samples, *plan.keep]
     ids = _margin_ids(vlm, plan.margin_words)
     shared = [x for x in plan.layers if can_share_prefix(vlm, plan.positions, opts.remote, x)]
-    if shared:
-        tokens, margins = _run_grid_shared(vlm, plan, points, opts, ids, everything, shared)
+    split = [x for x in plan.layers if x not in shared and can_split_prefix(vlm, plan.positions, opts.remote)]
+    if shared or split:
+        tokens, margins = _run_grid_shared(vlm, plan, points, opts, ids, everything, shared, split)
     else:
         rows = _replicate(everything, points)
         patch = _grid_patch(plan, points, len(everything))
@@ -201,16 +202,19 @@ def _run_grid_shared(
     ids: tuple[list[int], list[int]] | None,
     everything: list[Sample],
     shared: list[int],
+    split: list[int],
 ) -> tuple[list[list[int]], list[float]]:
     """The grid's rows (sample-major, as the plain path lays them out) with the prompt prefix run once per sample.
 
-    The unsteered point and the steering points at the ``shared`` layers share each sample's prompt prefix
-    (`nnshift.steering.prefix`); the prompting baselines (another prompt) and the steering points at other
-    layers run as a plain batch of their own.
+    The unsteered point and the steering points at the ``shared`` layers share each sample's prompt prefix;
+    those at the ``split`` layers share it below their layer (`nnshift.steering.prefix`); the prompting
+    baselines (another prompt) and the steering points at other layers run as a plain batch of their own.
     """
     g, n = len(points), len(everything)
-    own = [j for j, p in enumerate(points) if p.kind == "unsteered" or (p.kind == "steer" and p.layer in shared)]
+    mine = {*shared, *split}
+    own = [j for j, p in enumerate(points) if p.kind == "unsteered" or (p.kind == "steer" and p.layer in mine)]
     other = [j for j, p in enumerate(points) if j not in own]
+    split_at = [points[j].layer if points[j].layer in split else None for j in own]
     k = len(own)
     tokens: list[list[int]] = [[] for _ in range(n * g)]
     margins: list[float] = [math.nan] * (n * g)
@@ -220,7 +224,7 @@ def _run_grid_shared(
         part = None if patch is None else patch.select_rows(slice(start * k, (start + len(batch)) * k))
         inputs = vlm.prepare(list(batch))
         if batch_allows_sharing(vlm, inputs):
-            run = run_shared(vlm, inputs, k, part, opts.max_new_tokens, layers)
+            run = run_shared(vlm, inputs, k, part, opts.max_new_tokens, layers, split_at)
             toks, margs = run.tokens, _run_margins(vlm, run, ids)
         else:
             rows = prepare_rows(vlm, [s for s in batch for _ in range(k)])
