@@ -337,12 +337,12 @@ def unshared(fn: Callable[[], Any]) -> Callable[[], Any]:
     """``fn`` with prompt-prefix sharing switched off (the plain path of `sweep`)."""
 
     def run() -> Any:
-        real = sweeps.can_share_prefix
-        sweeps.can_share_prefix = lambda *a: False  # type: ignore[assignment]
+        real = sweeps.can_share_prefix, sweeps.can_split_prefix
+        sweeps.can_share_prefix = sweeps.can_split_prefix = lambda *a: False  # type: ignore[assignment]
         try:
             return fn()
         finally:
-            sweeps.can_share_prefix = real
+            sweeps.can_share_prefix, sweeps.can_split_prefix = real
 
     return run
 

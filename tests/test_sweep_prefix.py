@@ -43,6 +43,8 @@ def _both(monkeypatch, vlm, vec, samples, positions, **kw):
 
     with monkeypatch.context() as m:
         m.setattr(sweeps, "can_share_prefix", lambda *a: False)
+        m.setattr(sweeps, "can_split_prefix", lambda *a: False)
+        m.setattr(sweeps, "run_shared", lambda *a, **k: pytest.fail("the plain path shared the prefix"))
         points, plain = _grid(vlm, vec, samples, positions, **kw)
     with monkeypatch.context() as m:
         m.setattr(sweeps, "run_shared", counted)
@@ -236,6 +238,9 @@ def test_remote_and_unverified_families_run_plain(shapes):
     fake = type("Fake", (), {"adapter": unverified, "hf": shapes.hf})()
     assert not prefix.can_share_prefix(fake, sel, False)
     assert not prefix.can_share_prefix(object(), sel, False)
+    every = ns.positions.every()
+    assert prefix.can_split_prefix(shapes, every, False)
+    assert not any(prefix.can_split_prefix(x, every, r) for x, r in ((shapes, True), (shapes, "local"), (fake, False)))
 
 
 def test_unverified_family_sweep_runs_plain(monkeypatch, shapes, shapes_vec, shapes_set):
