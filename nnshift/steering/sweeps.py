@@ -4,10 +4,11 @@ The grid (the unsteered model, each prompting baseline, each ``(layer, alpha)``)
 possible: every sample is replicated once per grid point (sample-major: all grid points of a sample lie next to
 each other, so they share a batch and its padding), and one `PatchSet` holds one patch per layer whose per-sample
 ``alpha`` / ``rows`` switch it on only for that layer's replicas. ``batch_size`` counts *samples* per generation,
-so each generation runs ``batch_size x grid size`` rows. Other models (``models=``) run once each. When the
-positions spare the prompt prefix (``last_prompt`` / ``generated``), the run is local and the model family is
-verified for it, the prompt minus its last token runs once per sample and the unsteered and steering points
-continue from its KV cache (`nnshift.steering.prefix`; the prompting baselines run as a batch of their own).
+so each generation runs ``batch_size x grid size`` rows. Other models (``models=``) run once each. When the run
+is local and the model family is verified for it, the prompt minus its last token runs once per sample and the
+unsteered and steering points continue from its KV cache (`nnshift.steering.prefix`): as it is for patches that
+spare the earlier prompt positions (``last_prompt`` / ``generated``, or the last layer), below the patched layer
+for patches on them (``all`` / ``prompt`` / ``text``); the prompting baselines run as a batch of their own.
 
 Per row (see `SweepRow`): the target rate (`nnshift.steering.targets`); the official VQA accuracy per answer type
 on the samples whose type the target does not touch, plus every ``keep`` sample, and the largest drop vs the
