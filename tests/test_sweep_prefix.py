@@ -324,3 +324,60 @@ def test_unverified_tiny_families_are_off(arch):
     vlm, _ = _tiny(arch)
     assert not vlm.adapter.shares_prompt_prefix
     assert not prefix.can_share_prefix(vlm, last_prompt(), False)
+
+
+# ---------------------------------------------------------------------------- fluency
+
+
+def _nll_both(monkeypatch, vlm, samples, ids, batch_size):
+    """answer_nll with the prompt shared (counted) and in full; (shared, full, shared batches)."""
+    from nnshift.steering import fluency
+
+    calls = []
+    real = fluency._batch_nll_shared
+    monkeypatch.setattr(fluency, "_batch_nll_shared", lambda *a: calls.append(1) or real(*a))
+    opts = run_options(None, batch_size=batch_size, progress=False)
+    shared = fluency.answer_nll(vlm, samples, ids, options=opts)
+    with monkeypatch.context() as m:
+        m.setattr(fluency, "shares_prefix", lambda *a: False)
+        m.setattr(fluency, "_batch_nll_shared", lambda *a: pytest.fail("the full path shared the prompt"))
+        full = fluency.answer_nll(vlm, samples, ids, options=opts)
+    return torch.tensor(shared), torch.tensor(full), len(calls)
+
+
+def _some_answers(vlm, samples):
+    """Per sample three answers: its own greedy answer, a longer one and an empty one (several per prompt)."""
+    own = [vlm.tokenizer.encode(a, add_special_tokens=False) for a in ns.generate(vlm, samples, 3, progress=False)]
+    word = vlm.tokenizer.encode(" yes", add_special_tokens=False)
+    rows, ids = [], []
+    for s, a in zip(samples, own, strict=True):
+        rows += [s, s, s]
+        ids += [list(a), list(a) + word + word, []]
+    return rows, ids
+
+
+def test_fluency_shared_prompt_equals_full(monkeypatch, shapes, shapes_set):
+    rows, ids = _some_answers(shapes, shapes_set)
+    shared, full, calls = _nll_both(monkeypatch, shapes, rows, ids, batch_size=7)
+    assert calls >= 4  # every batch shared its prompts
+    assert torch.equal(shared.isnan(), full.isnan()) and int(full.isnan().sum()) == len(shapes_set)  # empty answers
+    assert torch.allclose(shared, full, atol=1e-5, equal_nan=True), (shared - full).abs().nan_to_num().max()
+    assert len({round(float(x), 4) for x in full[~full.isnan()]}) > 3  # answers differ: the check is not vacuous
+
+
+@pytest.mark.parametrize("arch", ENABLED)
+def test_tiny_family_fluency_shared_equals_full(monkeypatch, arch):
+    vlm, samples = _tiny(arch)
+    rows, ids = _some_answers(vlm, samples)
+    shared, full, calls = _nll_both(monkeypatch, vlm, rows, ids, batch_size=4)
+    assert calls >= 1
+    assert torch.allclose(shared, full, atol=1e-5, equal_nan=True), (shared - full).abs().nan_to_num().max()
+
+
+def test_fluency_of_an_unverified_family_runs_in_full(monkeypatch, shapes, shapes_set):
+    from nnshift.steering import fluency
+
+    monkeypatch.setattr(shapes, "adapter", dataclasses.replace(shapes.adapter, shares_prompt_prefix=False))
+    monkeypatch.setattr(fluency, "_batch_nll_shared", lambda *a: pytest.fail("shared"))
+    assert not prefix.shares_prefix(shapes)
+    fluency.answer_nll(shapes, shapes_set[:2], [[5], [6, 7]])

@@ -5,6 +5,10 @@ token, from one forward of ``prompt + answer`` through the model as it is (no pa
 (prompts, as `VLM.prepare` gives them) and right padded (answers); position ids count each row from its first
 real token, as generation does, so a batch gives what one unpadded forward per sample gives. An empty answer
 has no likelihood: NaN (left out of means).
+
+On model families verified for prompt-prefix sharing (`nnshift.steering.prefix.shares_prefix`), each distinct
+prompt of a batch runs once and its answers continue from its KV cache (`_batch_nll_shared`): the same numbers
+up to float rounding (tests compare both), without one prompt pass per distinct answer.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import Tensor
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError
 from nnshift.options import RunOptions, batched
+from nnshift.steering.prefix import batch_allows_sharing, shares_prefix
 
 __all__ = ["answer_ids", "answer_nll", "mean_finite", "prepare_rows"]
 
@@ -64,21 +69,75 @@ def prepare_rows(vlm: Any, rows: Sequence[Sample]) -> dict[str, Tensor]:
     return {k: v.index_select(0, pick.to(v.device)) for k, v in inputs.items()}
 
 
+def _answers(
+    ids: Sequence[Sequence[int]], t: int, like: Tensor, attn: Tensor, pad: int
+) -> tuple[Int[Tensor, "b t"], Int[Tensor, "b t"]]:
+    """Answer ids right padded to ``t`` with ``pad`` (``like``'s dtype and device) and their mask."""
+    ans = torch.full((len(ids), t), int(pad), dtype=like.dtype, device=like.device)
+    mask = torch.zeros((len(ids), t), dtype=attn.dtype, device=attn.device)
+    for r, row in enumerate(ids):
+        if row:
+            ans[r, : len(row)] = torch.tensor(list(row), dtype=like.dtype)
+            mask[r, : len(row)] = 1
+    return ans, mask
+
+
+def _mean_nll(lp: Float[Tensor, "b t v"], ans: Int[Tensor, "b t"], mask: Int[Tensor, "b t"]) -> list[float]:
+    """Mean negative log-probability of the unmasked answer tokens per row (NaN for an empty answer)."""
+    tok = lp.gather(-1, ans.unsqueeze(-1)).squeeze(-1) * mask.float()
+    n = mask.float().sum(1)
+    out = (-tok.sum(1) / n.clamp(min=1)).tolist()
+    return [v if k > 0 else float("nan") for v, k in zip(out, n.tolist(), strict=True)]
+
+
+def _batch_nll_shared(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[int]], t: int) -> list[float] | None:
+    """`_batch_nll` with each distinct prompt run once and its answers continued from its KV cache.
+
+    None when the batch cannot share (not left padded, or ending in an image token): the caller runs it in full.
+    """
+    index: dict[int, int] = {}
+    unique: list[Sample] = []
+    for smp in batch:
+        index.setdefault(id(smp), len(unique))
+        if len(unique) == index[id(smp)]:
+            unique.append(smp)
+    inputs = vlm.prepare(unique)
+    if not batch_allows_sharing(vlm, inputs):
+        return None
+    attn_u: Int[Tensor, "u s"] = inputs["attention_mask"]
+    pick = torch.tensor([index[id(smp)] for smp in batch], device=attn_u.device)
+    with torch.no_grad():
+        # position ids count each row from its first real token, as in the full path (and generation)
+        first = vlm.hf(**inputs, position_ids=(attn_u.long().cumsum(-1) - 1).clamp(min=0), use_cache=True)
+        lp = [torch.log_softmax(first.logits[:, -1].float(), dim=-1).index_select(0, pick).unsqueeze(1)]
+        attn = attn_u.index_select(0, pick)
+        ans, mask = _answers(ids, t, inputs["input_ids"], attn, vlm.pad_token_id)
+        if t > 1:
+            cache = first.past_key_values
+            cache.batch_select_indices(pick)
+            full = torch.cat([attn, mask[:, :-1]], dim=1)
+            pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, attn.shape[1] :]
+            out = vlm.hf(
+                input_ids=ans[:, :-1], attention_mask=full, position_ids=pos, past_key_values=cache, use_cache=True
+            )
+            lp.append(torch.log_softmax(out.logits.float(), dim=-1))
+    return _mean_nll(torch.cat(lp, dim=1), ans, mask)
+
+
 def _batch_nll(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[int]]) -> list[float]:
     """Mean NLL per row of one batch (NaN for empty answers)."""
     t = max((len(x) for x in ids), default=0)
     if t == 0:
         return [float("nan")] * len(batch)
+    if shares_prefix(vlm):
+        got = _batch_nll_shared(vlm, batch, ids, t)
+        if got is not None:
+            return got
     inputs = prepare_rows(vlm, batch)
     prompt: Int[Tensor, "b s"] = inputs["input_ids"]
     attn = inputs.get("attention_mask", torch.ones_like(prompt))
-    b, s = prompt.shape
-    ans = torch.full((b, t), int(vlm.pad_token_id), dtype=prompt.dtype, device=prompt.device)
-    mask = torch.zeros((b, t), dtype=attn.dtype, device=attn.device)
-    for r, row in enumerate(ids):
-        if row:
-            ans[r, : len(row)] = torch.tensor(list(row), dtype=prompt.dtype)
-            mask[r, : len(row)] = 1
+    s = prompt.shape[1]
+    ans, mask = _answers(ids, t, prompt, attn, vlm.pad_token_id)
     full_attn = torch.cat([attn, mask], dim=1)
     feed = dict(inputs)
     feed["input_ids"] = torch.cat([prompt, ans], dim=1)
@@ -87,10 +146,7 @@ def _batch_nll(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[int]]) 
     with torch.no_grad():
         logits: Float[Tensor, "b l v"] = vlm.hf(**feed).logits
     lp = torch.log_softmax(logits[:, s - 1 : s + t - 1].float(), dim=-1)
-    tok = lp.gather(-1, ans.unsqueeze(-1)).squeeze(-1) * mask.float()
-    n = mask.float().sum(1)
-    out = (-tok.sum(1) / n.clamp(min=1)).tolist()
-    return [v if k > 0 else float("nan") for v, k in zip(out, n.tolist(), strict=True)]
+    return _mean_nll(lp, ans, mask)
 
 
 def answer_nll(

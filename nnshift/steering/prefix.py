@@ -35,6 +35,7 @@ __all__ = [
     "can_split_prefix",
     "prefix_cache",
     "run_shared",
+    "shares_prefix",
     "spares_prompt_prefix",
 ]
 
@@ -52,6 +53,11 @@ def _ready(vlm: Any, remote: object) -> bool:
     """A local run on a model whose family is verified for prefix sharing."""
     adapter = getattr(vlm, "adapter", None)
     return remote is False and getattr(adapter, "shares_prompt_prefix", False) is True and hasattr(vlm, "hf")
+
+
+def shares_prefix(vlm: Any, remote: object = False) -> bool:
+    """Whether ``vlm``'s family is verified for prompt-prefix sharing and the run is local (weights loaded)."""
+    return _ready(vlm, remote) and not getattr(vlm, "is_meta", False)
 
 
 def can_share_prefix(vlm: Any, selector: Selector, remote: object, layer: int | None = None) -> bool:
