@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 import nnshift as ns
-from nnshift.steering import AnswerTypeTarget, CaptionStyle, TargetAnswer, sweeps
+from nnshift.steering import AnswerTypeTarget, CaptionStyle, TargetAnswer, fluency, sweeps
 
 warnings.filterwarnings("ignore")
 
@@ -334,15 +334,15 @@ def fresh_check(base: Any, spec: Spec, cal: Any, run: dict[str, Any]) -> dict[st
 
 
 def unshared(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """``fn`` with prompt-prefix sharing switched off (the plain path of `sweep`)."""
+    """``fn`` with prompt-prefix sharing switched off (the plain paths of `sweep` and of its fluency pass)."""
 
     def run() -> Any:
-        real = sweeps.can_share_prefix, sweeps.can_split_prefix
-        sweeps.can_share_prefix = sweeps.can_split_prefix = lambda *a: False  # type: ignore[assignment]
+        real = sweeps.can_share_prefix, sweeps.can_split_prefix, fluency.shares_prefix
+        sweeps.can_share_prefix = sweeps.can_split_prefix = fluency.shares_prefix = lambda *a: False  # type: ignore[assignment]
         try:
             return fn()
         finally:
-            sweeps.can_share_prefix, sweeps.can_split_prefix = real
+            sweeps.can_share_prefix, sweeps.can_split_prefix, fluency.shares_prefix = real
 
     return run
 
