@@ -40,6 +40,17 @@ def answer_ids(vlm: Any, answers: Sequence[str]) -> list[list[int]]:
     return [list(vlm.tokenizer.encode(a, add_special_tokens=False)) if a else [] for a in answers]
 
 
+def _distinct(rows: Sequence[Sample]) -> tuple[list[Sample], list[int]]:
+    """The distinct sample objects of ``rows`` in first-seen order, and each row's index among them."""
+    index: dict[int, int] = {}
+    unique: list[Sample] = []
+    for s in rows:
+        if id(s) not in index:
+            index[id(s)] = len(unique)
+            unique.append(s)
+    return unique, [index[id(s)] for s in rows]
+
+
 def prepare_rows(vlm: Any, rows: Sequence[Sample]) -> dict[str, Tensor]:
     """``vlm.prepare(rows)``, processing each distinct sample object once (rows may repeat samples).
 
@@ -47,12 +58,7 @@ def prepare_rows(vlm: Any, rows: Sequence[Sample]) -> dict[str, Tensor]:
     repeated. Only when every tensor is batch-first (one row per sample, no flattened ``[patches, dim]`` image
     tensor as Qwen2-VL's) is this shortcut taken; otherwise ``prepare(rows)``.
     """
-    index: dict[int, int] = {}
-    unique: list[Sample] = []
-    for s in rows:
-        if id(s) not in index:
-            index[id(s)] = len(unique)
-            unique.append(s)
+    unique, where = _distinct(rows)
     if len(unique) == len(rows):
         return vlm.prepare(rows)
     inputs = vlm.prepare(unique)
@@ -65,7 +71,7 @@ def prepare_rows(vlm: Any, rows: Sequence[Sample]) -> dict[str, Tensor]:
     )
     if not ok:
         return vlm.prepare(rows)
-    pick = torch.tensor([index[id(s)] for s in rows])
+    pick = torch.tensor(where)
     return {k: v.index_select(0, pick.to(v.device)) for k, v in inputs.items()}
 
 
@@ -95,17 +101,12 @@ def _batch_nll_shared(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[
 
     None when the batch cannot share (not left padded, or ending in an image token): the caller runs it in full.
     """
-    index: dict[int, int] = {}
-    unique: list[Sample] = []
-    for smp in batch:
-        index.setdefault(id(smp), len(unique))
-        if len(unique) == index[id(smp)]:
-            unique.append(smp)
+    unique, where = _distinct(batch)
     inputs = vlm.prepare(unique)
     if not batch_allows_sharing(vlm, inputs):
         return None
     attn_u: Int[Tensor, "u s"] = inputs["attention_mask"]
-    pick = torch.tensor([index[id(smp)] for smp in batch], device=attn_u.device)
+    pick = torch.tensor(where, device=attn_u.device)
     with torch.no_grad():
         # position ids count each row from its first real token, as in the full path (and generation)
         first = vlm.hf(**inputs, position_ids=(attn_u.long().cumsum(-1) - 1).clamp(min=0), use_cache=True)

@@ -163,9 +163,8 @@ def _split_cache(
     need = sorted({x for x in split_at if x is not None})
     base, states = _prefix_pass(vlm, inputs, need)
     n = int(inputs["input_ids"].shape[0])
-    parts: list[Any] = [base]
-    where: dict[int, tuple[int, int, list[int]]] = {}  # layer -> (part index, row offset, copies of that layer)
-    offset = n
+    parts: dict[int, Any] = {}  # split layer -> KV cache of its copies (layers above it)
+    copies_at: dict[int, list[int]] = {}  # split layer -> the copies split there
     for layer in need:
         cs = [c for c, x in enumerate(split_at) if x == layer]
         rows = [b * copies + c for b in range(n) for c in cs]
@@ -173,24 +172,41 @@ def _split_cache(
         h = states[layer].repeat_interleave(len(cs), 0)
         edit = patch.select_rows(rows).bind(vlm, prefix).edits.get(layer)
         steered = edit.edit_prefill(h) if edit is not None else None
-        parts.append(_above(vlm, prefix, layer, h if steered is None else steered))
-        where[layer] = (len(parts) - 1, offset, cs)
-        offset += n * len(cs)
+        parts[layer] = _above(vlm, prefix, layer, h if steered is None else steered)
+        copies_at[layer] = cs
+    picks: dict[tuple[int, ...], Tensor] = {}  # split layers below j -> source row of each continuation row
     for j, cache_layer in enumerate(base.layers):
-        index = []
-        for b in range(n):
-            for c, x in enumerate(split_at):
-                if x is None or j <= x:
-                    index.append(b)
-                else:
-                    _, off, cs = where[x]
-                    index.append(off + b * len(cs) + cs.index(c))
-        pick = torch.tensor(index, device=cache_layer.keys.device)
-        keys = [cache_layer.keys] + [parts[where[x][0]].layers[j].keys for x in need if j > x]
-        values = [cache_layer.values] + [parts[where[x][0]].layers[j].values for x in need if j > x]
+        below = tuple(x for x in need if j > x)
+        if below not in picks:
+            picks[below] = _rows_for(n, split_at, below, copies_at)
+        pick = picks[below].to(cache_layer.keys.device)
+        keys = [cache_layer.keys] + [parts[x].layers[j].keys for x in below]
+        values = [cache_layer.values] + [parts[x].layers[j].values for x in below]
         cache_layer.keys = torch.cat(keys).index_select(0, pick)
         cache_layer.values = torch.cat(values).index_select(0, pick)
     return base
+
+
+def _rows_for(
+    n: int, split_at: Sequence[int | None], below: tuple[int, ...], copies_at: dict[int, list[int]]
+) -> Int[Tensor, " rows"]:
+    """For each continuation row (sample-major), its row in the concatenation [base rows, each ``below`` part].
+
+    A copy split at a layer in ``below`` takes its own recomputed row; every other copy its sample's base row.
+    """
+    starts, at = {}, n
+    for x in below:
+        starts[x] = at
+        at += n * len(copies_at[x])
+    index = []
+    for b in range(n):
+        for c, at_layer in enumerate(split_at):
+            if at_layer in starts:
+                cs = copies_at[at_layer]
+                index.append(starts[at_layer] + b * len(cs) + cs.index(c))
+            else:
+                index.append(b)
+    return torch.tensor(index)
 
 
 def run_shared(
