@@ -5,7 +5,7 @@ On shapes-base, the yes/no -> number `answer_type_vector` of benchmarks/steering
 questions (seed 305), ``max_new_tokens=4``, ``batch_size=16``, one torch thread. Timed: (a) one ``ns.steer``
 run (one alpha, layer 3), (b) the sweep of 5 alphas x layers [2, 3] (11 grid points; fluency off, steerability
 on) with sharing switched off (the plain path) and on. Best of ``--repeats`` round-robin rounds of process CPU
-time (and wall time), after a small warm-up. Also checks that both sweeps give the same answers and margins.
+time (and wall time), after a warm-up round (`steering_sweep.timed`). Also checks that both sweeps give the same answers and margins.
 
     python benchmarks/sweep_prefix.py --out benchmarks/results/sweep_prefix     # prints and writes cost.json
 """
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,22 +26,9 @@ import nnshift as ns
 from nnshift.positions import generated, last_prompt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steering_sweep import meta, unshared, yesno_to_number
+from steering_sweep import meta, timed, unshared, yesno_to_number
 
 warnings.filterwarnings("ignore")
-
-
-def timed(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, float]]:
-    """Best (wall, process CPU) seconds of each function over ``repeats`` round-robin rounds."""
-    best = {k: (math.inf, math.inf) for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            w, c = time.perf_counter() - w0, time.process_time() - c0
-            best[k] = (min(best[k][0], w), min(best[k][1], c))
-            print(f"  {k}: {w:.1f} s wall, {c:.1f} s CPU", file=sys.stderr, flush=True)
-    return best
 
 
 def same_results(a: Any, b: Any) -> dict[str, Any]:

@@ -33,16 +33,13 @@ ALPHAS = (0.0, 0.75, 2.0)
 
 
 @pytest.fixture(scope="module")
-def vlm():
-    return ns.zoo.load("shapes-base")
+def vlm(shapes_vlm):
+    return shapes_vlm
 
 
 @pytest.fixture(scope="module")
-def vec(vlm):
-    yn = ns.zoo.dataset(16, task="vqa", answer_type="yes/no", seed=201)
-    num = ns.zoo.dataset(16, task="vqa", answer_type="number", seed=202)
-    acts = ns.capture(vlm, yn + num, layer=3, at="last_prompt", progress=False)
-    return ns.steering.answer_type_vector(acts, "yes/no", "number", by="reference")
+def vec(yesno_number_vector):
+    return yesno_number_vector
 
 
 @pytest.fixture(scope="module")

@@ -64,8 +64,8 @@ def _assert_same(points, plain, shared):
 
 
 @pytest.fixture(scope="module")
-def shapes():
-    return ns.zoo.load("shapes-base")
+def shapes(shapes_vlm):
+    return shapes_vlm
 
 
 @pytest.fixture(scope="module")
