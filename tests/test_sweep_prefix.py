@@ -29,7 +29,7 @@ def _grid(vlm, vec, samples, positions, *, alphas, layers, prompts=None, max_new
     plan = check_sweep_args(vlm, vec, samples, TARGET, alphas, layers, positions, None, prompts, None, False, True)
     opts = run_options(None, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
     points = sweeps._grid(plan)
-    return points, sweeps._run_grid(vlm, plan, points, opts)
+    return points, sweeps._run_grid(vlm, plan, points, opts, [])[0]
 
 
 def _both(monkeypatch, vlm, vec, samples, positions, **kw):

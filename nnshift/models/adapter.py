@@ -86,6 +86,9 @@ class ModelAdapter:
     #: inputs, generates what the plain run does (causal prompt, no state kept outside the cache); sweeps then
     #: run that prefix once per sample (`nnshift.steering.prefix`)
     shares_prompt_prefix: bool = False
+    #: a decoder block's attention submodule (attribute name): once it has run, the block's keys and values are in
+    #: the KV cache, so a pass that only fills the cache may stop there (`nnshift.steering.prefix`)
+    attention: str = "self_attn"
 
     def messages(self, prompt: str, has_image: bool) -> Messages:
         """The chat messages for one prompt (with an image placeholder when `has_image`)."""

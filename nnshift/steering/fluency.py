@@ -26,7 +26,7 @@ from nnshift.errors import ArgumentError
 from nnshift.options import RunOptions, batched
 from nnshift.steering.prefix import batch_allows_sharing, shares_prefix
 
-__all__ = ["answer_ids", "answer_nll", "mean_finite", "prepare_rows"]
+__all__ = ["answer_ids", "answer_nll", "mean_finite", "nll_from_prefix", "prepare_rows"]
 
 
 def mean_finite(values: Sequence[float]) -> float:
@@ -123,6 +123,32 @@ def _batch_nll_shared(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[
             )
             lp.append(torch.log_softmax(out.logits.float(), dim=-1))
     return _mean_nll(torch.cat(lp, dim=1), ans, mask)
+
+
+def nll_from_prefix(
+    vlm: Any, inputs: dict[str, Tensor], prefix: Any, pairs: Sequence[tuple[int, Sequence[int]]]
+) -> list[float]:
+    """Mean NLL of answers continued from the unsteered KV cache of their prompts minus the last token.
+
+    ``inputs``: the prepared batch (left padded); ``prefix``: the KV cache of every prompt position but the last,
+    one row per row of ``inputs`` (`nnshift.steering.prefix.run_shared`'s ``on_prefix``; consumed);
+    ``pairs``: (row of ``inputs``, answer ids). One forward feeds each pair's last prompt token and its answer
+    but the last token; what `answer_nll` gives, without running any prompt again. NaN for an empty answer.
+    """
+    t = max((len(x) for _, x in pairs), default=0)
+    if t == 0:
+        return [float("nan")] * len(pairs)
+    ids: Int[Tensor, "b s"] = inputs["input_ids"]
+    pick = torch.tensor([b for b, _ in pairs], device=ids.device)
+    attn = inputs["attention_mask"].index_select(0, pick)
+    ans, mask = _answers([x for _, x in pairs], t, ids, attn, vlm.pad_token_id)
+    prefix.batch_select_indices(pick)
+    full = torch.cat([attn, mask[:, :-1]], dim=1)
+    pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, attn.shape[1] - 1 :]
+    feed = torch.cat([ids.index_select(0, pick)[:, -1:], ans[:, :-1]], dim=1)
+    with torch.no_grad():
+        out = vlm.hf(input_ids=feed, attention_mask=full, position_ids=pos, past_key_values=prefix, use_cache=True)
+    return _mean_nll(torch.log_softmax(out.logits.float(), dim=-1), ans, mask)
 
 
 def _batch_nll(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[int]]) -> list[float]:

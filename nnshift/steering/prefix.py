@@ -3,10 +3,12 @@
 When no patch edits a prompt position other than the last one (positions made of ``"last_prompt"`` and
 ``"generated"`` only), every steered copy of a sample and its unsteered copy have the same hidden states at every
 earlier prompt position and every layer (causal attention), so their KV cache there is the same. `run_shared`
-computes that cache once per sample (``generate(max_new_tokens=1)`` on the prompt minus its last token, so the
-position ids, attention mask and image features are the ones the plain run uses), repeats it ``copies`` times
-along the batch (sample-major, like the sweep's rows) and continues the generation on the full ids and mask
-from the last prompt token: step 0 is the last prompt position alone, then the decode steps.
+computes that cache once per sample (one forward of the prompt minus its last token, with the position ids
+generation uses, stopped once the last block's attention has filled its keys and values), repeats it ``copies``
+times along the batch (sample-major, like the sweep's rows) and continues from the last prompt token: step 0 is
+the last prompt position alone, then the decode steps (`nnshift.steering.decode`: plain forwards with the patch
+as torch hooks, finished rows leaving the batch; HF generation inside nnsight when the model's generation config
+has logits processors).
 
 This is used only where it was shown to generate what the plain run does: locally, for a model family whose
 adapter says so (`ModelAdapter.shares_prompt_prefix`, verified on the tiny models and the shapes zoo by
@@ -16,16 +18,19 @@ its positions: see `can_share_prefix`), and for prompts whose last token is text
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from nnshift.errors import SteeringError
 from nnshift.generation import BatchRun, run_generation
 from nnshift.positions import All, Generated, Image, LastPrompt, Prompt, Selector, Text
+from nnshift.steering.decode import decode_from_cache, plain_greedy
 from nnshift.steering.deltas import selector_parts
 from nnshift.steering.patches import PatchSet
 
@@ -33,6 +38,7 @@ __all__ = [
     "batch_allows_sharing",
     "can_share_prefix",
     "can_split_prefix",
+    "fork_cache",
     "prefix_cache",
     "run_shared",
     "shares_prefix",
@@ -100,38 +106,88 @@ def batch_allows_sharing(vlm: Any, inputs: dict[str, Tensor]) -> bool:
     return not bool(vlm.image_token_mask(ids)[:, -1].any())
 
 
+class _CacheFilled(Exception):
+    """Raised by a hook once the last block's keys and values are in the KV cache: nothing after is needed."""
+
+
+def _last_attention(vlm: Any) -> Any:
+    """The last decoder block's attention module (`ModelAdapter.attention`), or None when the block has none."""
+    return getattr(vlm.layer_module(vlm.n_layers - 1), getattr(vlm.adapter, "attention", "self_attn"), None)
+
+
 def _prefix_pass(vlm: Any, inputs: dict[str, Tensor], capture: Sequence[int]) -> tuple[Any, dict[int, Tensor]]:
-    """The KV cache of every prompt position but the last (one row per sample) and the states after ``capture``."""
+    """The KV cache of every prompt position but the last (one row per sample) and the states after ``capture``.
+
+    One forward of the model on the prefix, with the position ids generation uses (counted from each row's first
+    real token); it stops once the last block's attention has put its keys and values in the cache (the last
+    block's feed-forward part and the unembedding feed nothing the continuation reads).
+    """
     prefix = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in inputs.items()}
+    mask: Int[Tensor, "b s"] = prefix["attention_mask"]
     states: dict[int, Tensor] = {}
 
     def keeper(layer: int) -> Any:
         def hook(module: Any, args: Any, output: Any) -> None:
-            states.setdefault(layer, output[0] if isinstance(output, tuple) else output)  # the prompt pass only
+            states[layer] = output[0] if isinstance(output, tuple) else output
 
         return hook
 
+    def stop(module: Any, args: Any, output: Any) -> None:
+        raise _CacheFilled
+
     handles = [vlm.layer_module(layer).register_forward_hook(keeper(layer)) for layer in capture]
+    attention = _last_attention(vlm)
+    if attention is not None:
+        handles.append(attention.register_forward_hook(stop))
+    cache = DynamicCache(config=vlm.hf.config)
     try:
         with torch.no_grad():
-            out = vlm.hf.generate(
-                **prefix,
-                max_new_tokens=1,
-                do_sample=False,
-                return_dict_in_generate=True,
-                pad_token_id=vlm.pad_token_id,
-                eos_token_id=vlm.eos_token_ids,
+            vlm.hf(
+                **prefix, position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), past_key_values=cache, use_cache=True
             )
+    except _CacheFilled:
+        pass
     finally:
         for h in handles:
             h.remove()
-    cache = out.past_key_values
-    if cache is None or cache.get_seq_length() != prefix["input_ids"].shape[1]:
+    if cache.get_seq_length() != prefix["input_ids"].shape[1] or len(cache.layers) != vlm.n_layers:
         raise SteeringError(
-            f"the prompt-prefix pass of {type(vlm.hf).__name__} returned no KV cache of the prefix's length",
+            f"the prompt-prefix pass of {type(vlm.hf).__name__} did not fill a KV cache of the prefix's length",
             "set shares_prompt_prefix=False on this model's adapter (the sweep then runs every prompt in full)",
         )
     return cache, states
+
+
+def _above(vlm: Any, prefix: dict[str, Tensor], layer: int, steered: Tensor) -> Any:
+    """The KV cache of the layers above ``layer`` over the prefix, from ``steered`` (its patched output).
+
+    The blocks up to ``layer`` are skipped (nnsight ``skip``), so the prompt is not run again below the patch;
+    image inputs are left out, since nothing they feed is computed. The pass stops once the last block's
+    attention has filled its keys and values.
+    """
+    filler = (steered,) if vlm.block_returns_tuple else steered
+    cache = DynamicCache(config=vlm.hf.config)
+    name = getattr(vlm.adapter, "attention", "self_attn")
+    with torch.no_grad(), vlm.model.trace(dict(prefix), use_cache=True, past_key_values=cache) as tracer:
+        for j in range(layer + 1):
+            vlm.layer(j).skip(filler)
+        if _last_attention(vlm) is not None:
+            getattr(vlm.layer(vlm.n_layers - 1), name).output  # noqa: B018  (wait for it, then stop)
+            tracer.stop()
+    return cache
+
+
+def fork_cache(cache: Any) -> Any:
+    """A copy of a dynamic KV cache that shares its tensors: what is done to one (append, select rows) leaves the other.
+
+    HF's dynamic cache layers replace their key/value tensors on every change, never write into them; a cache
+    with another kind of layer is copied in full.
+    """
+    if not all(isinstance(layer, DynamicLayer) for layer in cache.layers):
+        return copy.deepcopy(cache)
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    return out
 
 
 def prefix_cache(vlm: Any, inputs: dict[str, Tensor], copies: int) -> Any:
@@ -142,26 +198,24 @@ def prefix_cache(vlm: Any, inputs: dict[str, Tensor], copies: int) -> Any:
     return cache
 
 
-def _above(vlm: Any, prefix: dict[str, Tensor], layer: int, steered: Tensor) -> Any:
-    """The KV cache of the layers above ``layer`` over the prefix, from ``steered`` (its patched output).
-
-    The blocks up to ``layer`` are skipped (nnsight ``skip``), so the prompt is not run again below the patch;
-    image inputs are left out, since nothing they feed is computed.
-    """
-    filler = (steered,) if vlm.block_returns_tuple else steered
-    with torch.no_grad(), vlm.model.trace(dict(prefix), use_cache=True):
-        for j in range(layer + 1):
-            vlm.layer(j).skip(filler)
-        out = vlm.model.output.save()
-    return out.past_key_values
+def _split_layers(split_at: Sequence[int | None] | None) -> list[int]:
+    return sorted({x for x in split_at or () if x is not None})
 
 
 def _split_cache(
-    vlm: Any, inputs: dict[str, Tensor], copies: int, patch: PatchSet, split_at: Sequence[int | None]
+    vlm: Any,
+    inputs: dict[str, Tensor],
+    copies: int,
+    patch: PatchSet,
+    split_at: Sequence[int | None],
+    base: Any,
+    states: dict[int, Tensor],
 ) -> Any:
-    """The continuation's KV cache of ``B x copies`` rows: copy ``c`` shares the prefix below ``split_at[c]``."""
-    need = sorted({x for x in split_at if x is not None})
-    base, states = _prefix_pass(vlm, inputs, need)
+    """The continuation's KV cache of ``B x copies`` rows: copy ``c`` shares the prefix below ``split_at[c]``.
+
+    ``base`` / ``states``: the prefix pass's cache and its states after the split layers (``base`` is consumed).
+    """
+    need = _split_layers(split_at)
     n = int(inputs["input_ids"].shape[0])
     parts: dict[int, Any] = {}  # split layer -> KV cache of its copies (layers above it)
     copies_at: dict[int, list[int]] = {}  # split layer -> the copies split there
@@ -217,12 +271,15 @@ def run_shared(
     max_new_tokens: int,
     layers: Sequence[int] = (),
     split_at: Sequence[int | None] | None = None,
+    on_prefix: Callable[[Any], None] | None = None,
 ) -> BatchRun:
     """Greedy generation of every row of ``inputs`` repeated ``copies`` times (sample-major) from a shared prefix.
 
     ``patch`` covers the ``len(inputs) x copies`` rows (per-row alpha/rows); it is bound to the last prompt
     column, so its step 0 edits the last prompt position. ``split_at[c]`` (a layer, or None) marks copies whose
     patch also edits earlier prompt positions at that layer: they share the prefix below it (`can_split_prefix`).
+    ``on_prefix`` is called with the unsteered prefix's KV cache (one row per sample, a `fork_cache` the run does
+    not touch), e.g. to score answers under the unsteered model (`nnshift.steering.fluency.nll_from_prefix`).
     The result is `run_generation`'s on the repeated rows.
     """
     ids, attn = inputs["input_ids"], inputs["attention_mask"]
@@ -230,17 +287,28 @@ def run_shared(
         "input_ids": ids.repeat_interleave(copies, 0),
         "attention_mask": attn.repeat_interleave(copies, 0),
     }
+    need = _split_layers(split_at)
+    if need and (patch is None or split_at is None or len(split_at) != copies):
+        raise SteeringError("split_at needs the patch and one entry per copy", "pass split_at=[layer or None] * copies")
+    base, states = _prefix_pass(vlm, inputs, need)
+    if on_prefix is not None:
+        on_prefix(fork_cache(base))
+    if need:
+        assert patch is not None and split_at is not None  # checked above
+        cache = _split_cache(vlm, inputs, copies, patch, split_at, base, states)
+    else:
+        cache = base
+        if copies > 1:
+            cache.batch_repeat_interleave(copies)
+    last = vlm.n_layers - 1
+    if plain_greedy(vlm) and set(layers) <= {last}:
+        return decode_from_cache(
+            vlm, cont["input_ids"], cont["attention_mask"], cache, patch, max_new_tokens, read_last=last in layers
+        )
     edit = None
     if patch is not None:
         edit = patch.bind(
             vlm, {"input_ids": cont["input_ids"][:, -1:], "attention_mask": cont["attention_mask"][:, -1:]}
         )
-    if split_at is not None and any(x is not None for x in split_at):
-        if patch is None or len(split_at) != copies:
-            raise SteeringError(
-                "split_at needs the patch and one entry per copy", "pass split_at=[layer or None] * copies"
-            )
-        cont["past_key_values"] = _split_cache(vlm, inputs, copies, patch, split_at)
-    else:
-        cont["past_key_values"] = prefix_cache(vlm, inputs, copies)
+    cont["past_key_values"] = cache
     return run_generation(vlm, cont, max_new_tokens, layers=layers, edit=edit, remote=False)

@@ -8,7 +8,9 @@ so each generation runs ``batch_size x grid size`` rows. Other models (``models=
 is local and the model family is verified for it, the prompt minus its last token runs once per sample and the
 unsteered and steering points continue from its KV cache (`nnshift.steering.prefix`): as it is for patches that
 spare the earlier prompt positions (``last_prompt`` / ``generated``, or the last layer), below the patched layer
-for patches on them (``all`` / ``prompt`` / ``text``); the prompting baselines run as a batch of their own.
+for patches on them (``all`` / ``prompt`` / ``text``); the prompting baselines run first, as a batch of their own,
+and other models before the grid, so that with fluency on every answer to a batch's samples is scored from that
+batch's unsteered prefix (`nnshift.steering.fluency.nll_from_prefix`) and no prompt runs a second time for it.
 
 Per row (see `SweepRow`): the target rate (`nnshift.steering.targets`); the official VQA accuracy per answer type
 on the samples whose type the target does not touch, plus every ``keep`` sample, and the largest drop vs the
@@ -41,7 +43,7 @@ from nnshift.generation import BatchRun, run_generation
 from nnshift.models.protocol import VLMLike
 from nnshift.options import Remote, RunOptions, batched, run_options
 from nnshift.positions import SelectorLike
-from nnshift.steering.fluency import answer_ids, answer_nll, mean_finite, prepare_rows
+from nnshift.steering.fluency import answer_ids, answer_nll, mean_finite, nll_from_prefix, prepare_rows
 from nnshift.steering.patches import Patch, PatchSet
 from nnshift.steering.prefix import batch_allows_sharing, can_share_prefix, can_split_prefix, run_shared
 from nnshift.steering.sweep_args import SweepPlan, check_sweep_args
@@ -175,13 +177,22 @@ class _Answers:
     margins: list[float]
 
 
-def _run_grid(vlm: Any, plan: SweepPlan, points: list[_Point], opts: RunOptions) -> list[_Answers]:
+#: (sample index, answer ids) -> fluency NLL, for answers already scored during the grid run
+Known = dict[tuple[int, tuple[int, ...]], float]
+
+
+def _run_grid(
+    vlm: Any, plan: SweepPlan, points: list[_Point], opts: RunOptions, pre: Sequence[_Answers]
+) -> tuple[list[_Answers], Known]:
+    """Every grid point's answers and, where the prompt prefix was shared, the fluency of every answer to the
+    samples (the grid's and ``pre``'s, other models' answers) scored from the unsteered prefix."""
     everything = [*plan.samples, *plan.keep]
     ids = _margin_ids(vlm, plan.margin_words)
     shared = [x for x in plan.layers if can_share_prefix(vlm, plan.positions, opts.remote, x)]
     split = [x for x in plan.layers if x not in shared and can_split_prefix(vlm, plan.positions, opts.remote)]
+    known: Known = {}
     if shared or split:
-        tokens, margins = _run_grid_shared(vlm, plan, points, opts, ids, everything, shared, split)
+        tokens, margins = _run_grid_shared(vlm, plan, points, opts, ids, everything, shared, split, pre, known)
     else:
         rows = _replicate(everything, points)
         patch = _grid_patch(plan, points, len(everything))
@@ -192,7 +203,7 @@ def _run_grid(vlm: Any, plan: SweepPlan, points: list[_Point], opts: RunOptions)
     for j in range(g):
         toks = tokens[j::g]
         out.append(_Answers(toks, [vlm.decode(t) for t in toks], margins[j::g]))
-    return out
+    return out, known
 
 
 def _run_grid_shared(
@@ -204,12 +215,16 @@ def _run_grid_shared(
     everything: list[Sample],
     shared: list[int],
     split: list[int],
+    pre: Sequence[_Answers],
+    known: Known,
 ) -> tuple[list[list[int]], list[float]]:
     """The grid's rows (sample-major, as the plain path lays them out) with the prompt prefix run once per sample.
 
     The unsteered point and the steering points at the ``shared`` layers share each sample's prompt prefix;
     those at the ``split`` layers share it below their layer (`nnshift.steering.prefix`); the prompting
-    baselines (another prompt) and the steering points at other layers run as a plain batch of their own.
+    baselines (another prompt) and the steering points at other layers run first, as a plain batch of their own.
+    With fluency, each batch's answers (those of every point and of ``pre``) are scored into ``known`` from the
+    batch's unsteered prefix (`nll_from_prefix`), so no prompt runs again for them.
     """
     g, n = len(points), len(everything)
     mine = {*shared, *split}
@@ -219,20 +234,6 @@ def _run_grid_shared(
     k = len(own)
     tokens: list[list[int]] = [[] for _ in range(n * g)]
     margins: list[float] = [math.nan] * (n * g)
-    patch = _grid_patch(plan, [points[j] for j in own], n)
-    layers = [vlm.n_layers - 1] if ids is not None else []
-    for start, batch in batched(everything, opts, "sweep"):
-        part = None if patch is None else patch.select_rows(slice(start * k, (start + len(batch)) * k))
-        inputs = vlm.prepare(list(batch))
-        if batch_allows_sharing(vlm, inputs):
-            run = run_shared(vlm, inputs, k, part, opts.max_new_tokens, layers, split_at)
-            toks, margs = run.tokens, _run_margins(vlm, run, ids)
-        else:
-            rows = prepare_rows(vlm, [s for s in batch for _ in range(k)])
-            toks, margs = _run_batch(vlm, rows, None if part is None else part.bind(vlm, rows), opts, ids)
-        for r in range(len(toks)):
-            at = (start + r // k) * g + own[r % k]
-            tokens[at], margins[at] = toks[r], margs[r]
     if other:
         rest = [points[j] for j in other]
         base_opts = opts.replace(batch_size=opts.batch_size * len(other))
@@ -240,7 +241,63 @@ def _run_grid_shared(
         for r in range(len(toks)):
             at = (r // len(other)) * g + other[r % len(other)]
             tokens[at], margins[at] = toks[r], margs[r]
+    patch = _grid_patch(plan, [points[j] for j in own], n)
+    layers = [vlm.n_layers - 1] if ids is not None else []
+    for start, batch in batched(everything, opts, "sweep"):
+        part = None if patch is None else patch.select_rows(slice(start * k, (start + len(batch)) * k))
+        inputs = vlm.prepare(list(batch))
+        if batch_allows_sharing(vlm, inputs):
+            prefix: list[Any] = []
+            keep = prefix.append if plan.fluency and start < len(plan.samples) else None
+            run = run_shared(vlm, inputs, k, part, opts.max_new_tokens, layers, split_at, on_prefix=keep)
+            toks, margs = run.tokens, _run_margins(vlm, run, ids)
+        else:
+            rows = prepare_rows(vlm, [s for s in batch for _ in range(k)])
+            toks, margs = _run_batch(vlm, rows, None if part is None else part.bind(vlm, rows), opts, ids)
+            prefix = []
+        for r in range(len(toks)):
+            at = (start + r // k) * g + own[r % k]
+            tokens[at], margins[at] = toks[r], margs[r]
+        if prefix:
+            _score(
+                vlm,
+                inputs,
+                prefix[0],
+                start,
+                len(plan.samples),
+                tokens[start * g : (start + len(batch)) * g],
+                g,
+                pre,
+                known,
+            )
     return tokens, margins
+
+
+def _score(
+    vlm: Any,
+    inputs: dict[str, Tensor],
+    prefix: Any,
+    start: int,
+    n_samples: int,
+    tokens: list[list[int]],
+    g: int,
+    pre: Sequence[_Answers],
+    known: Known,
+) -> None:
+    """Score every distinct answer to this batch's samples (rows ``tokens``, sample-major, and ``pre``) into ``known``."""
+    pairs: list[tuple[int, list[int]]] = []
+    for b in range(min(len(tokens) // g, n_samples - start)):
+        j = start + b
+        for answer in [*tokens[b * g : (b + 1) * g], *(a.ids[j] for a in pre)]:
+            key = (j, tuple(int(x) for x in answer))
+            if key in known:
+                continue
+            known[key] = math.nan
+            if answer:
+                pairs.append((b, list(key[1])))
+    if pairs:
+        for (b, answer), v in zip(pairs, nll_from_prefix(vlm, inputs, prefix, pairs), strict=True):
+            known[(start + b, tuple(answer))] = v
 
 
 def _run_model(vlm: Any, other: Any, plan: SweepPlan, opts: RunOptions) -> _Answers:
@@ -256,13 +313,26 @@ def _same_vocab(a: Any, b: Any) -> bool:
     return a is b or a.tokenizer is b.tokenizer or a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
 
 
-def _nll(vlm: Any, plan: SweepPlan, every: list[_Answers], opts: RunOptions) -> list[list[float]]:
-    """Per row, the fluency of its answers to the samples (one batched pass over every distinct answer)."""
+def _nll(vlm: Any, plan: SweepPlan, every: list[_Answers], opts: RunOptions, known: Known) -> list[list[float]]:
+    """Per row, the fluency of its answers to the samples: those in ``known`` (scored during the grid run) as they
+    are, the others in one batched pass over every distinct answer (`answer_nll`)."""
     n = len(plan.samples)
+    out = [[math.nan] * n for _ in every]
     if not plan.fluency:
-        return [[math.nan] * n for _ in every]
-    flat = answer_nll(vlm, plan.samples * len(every), [x for a in every for x in a.ids[:n]], options=opts)
-    return [flat[k * n : (k + 1) * n] for k in range(len(every))]
+        return out
+    todo: list[tuple[int, int]] = []
+    for k, a in enumerate(every):
+        for j in range(n):
+            key = (j, tuple(a.ids[j]))
+            if key in known:
+                out[k][j] = known[key]
+            else:
+                todo.append((k, j))
+    if todo:
+        flat = answer_nll(vlm, [plan.samples[j] for _, j in todo], [every[k].ids[j] for k, j in todo], options=opts)
+        for (k, j), v in zip(todo, flat, strict=True):
+            out[k][j] = v
+    return out
 
 
 def sweep(
@@ -313,13 +383,13 @@ def sweep(
             "pass steerability=False",
         )
     points = _grid(plan)
-    answers = _run_grid(vlm, plan, points, opts)
     extra = [(name, _run_model(vlm, other, plan, opts)) for name, other in plan.models.items()]
+    answers, known = _run_grid(vlm, plan, points, opts, [a for _, a in extra])
     base = answers[0]
     rows: list[SweepRow] = []
     base_row = None
     every = [*zip(points, answers, strict=True), *((_Point("model", n), a) for n, a in extra)]
-    nll = _nll(vlm, plan, [a for _, a in every], opts)
+    nll = _nll(vlm, plan, [a for _, a in every], opts, known)
     for (p, ans), sample_nll in zip(every, nll, strict=True):
         row = evaluate_row(
             plan, p.kind, p.name, p.layer, p.alpha, ans.text, ans.ids, ans.margins, base, base_row, threshold

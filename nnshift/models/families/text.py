@@ -43,5 +43,10 @@ LLAMA_LIKE = _text_only(
 )
 
 GPT2 = _text_only(
-    "gpt2", "GPT2LMHeadModel", layers="transformer.h", final_norm="transformer.ln_f", shares_prompt_prefix=True
+    "gpt2",
+    "GPT2LMHeadModel",
+    layers="transformer.h",
+    final_norm="transformer.ln_f",
+    shares_prompt_prefix=True,
+    attention="attn",
 )
