@@ -124,7 +124,8 @@ def decode_from_cache(
     hooks.bound = _bind(vlm, patch, None, cur)
     layers = sorted({*(hooks.bound.layers if hooks.bound is not None else []), *([last] if read_last else [])})
     out: list[list[int]] = [[] for _ in range(n)]
-    eos = torch.tensor(sorted(set(vlm.eos_token_ids)), dtype=input_ids.dtype)
+    eos_ids = list(vlm.eos_token_ids)
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=input_ids.dtype)
     with torch.no_grad(), _hooked(vlm, hooks, layers):
         for step in range(max_new_tokens):
             hooks.step = step
@@ -147,7 +148,7 @@ def decode_from_cache(
             attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
     states = {} if not read_last or hooks.first is None else {last: [hooks.first]}
     return BatchRun(
-        tokens=[trim_answer(row, vlm.eos_token_ids) for row in out],
+        tokens=[trim_answer(row, eos_ids) for row in out],
         states=states,
         prompt_len=int(input_ids.shape[1]),
     )

@@ -24,7 +24,7 @@ from torch import Tensor
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError
 from nnshift.options import RunOptions, batched
-from nnshift.steering.prefix import batch_allows_sharing, shares_prefix
+from nnshift.steering.prefix import batch_allows_sharing, fork_cache, shares_prefix
 
 __all__ = ["answer_ids", "answer_nll", "mean_finite", "nll_from_prefix", "prepare_rows"]
 
@@ -125,6 +125,24 @@ def _batch_nll_shared(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[
     return _mean_nll(torch.cat(lp, dim=1), ans, mask)
 
 
+def _continue(
+    vlm: Any, inputs: dict[str, Tensor], cache: Any, rows: list[int], answers: Sequence[Sequence[int]], t: int
+) -> Float[Tensor, "r t v"]:
+    """Log-probabilities after each of ``[last prompt token, answer[:t - 1]]`` of ``rows`` of ``inputs``, continued
+    from ``cache`` (the prompt minus its last token, one row per row of ``inputs``; consumed)."""
+    ids: Int[Tensor, "b s"] = inputs["input_ids"]
+    pick = torch.tensor(rows, device=ids.device)
+    attn = inputs["attention_mask"].index_select(0, pick)
+    ans, mask = _answers(answers, t, ids, attn, vlm.pad_token_id)
+    cache.batch_select_indices(pick)
+    full = torch.cat([attn, mask[:, :-1]], dim=1)
+    pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, attn.shape[1] - 1 :]
+    feed = torch.cat([ids.index_select(0, pick)[:, -1:], ans[:, :-1]], dim=1)
+    with torch.no_grad():
+        out = vlm.hf(input_ids=feed, attention_mask=full, position_ids=pos, past_key_values=cache, use_cache=True)
+    return torch.log_softmax(out.logits.float(), dim=-1)
+
+
 def nll_from_prefix(
     vlm: Any, inputs: dict[str, Tensor], prefix: Any, pairs: Sequence[tuple[int, Sequence[int]]]
 ) -> list[float]:
@@ -132,23 +150,30 @@ def nll_from_prefix(
 
     ``inputs``: the prepared batch (left padded); ``prefix``: the KV cache of every prompt position but the last,
     one row per row of ``inputs`` (`nnshift.steering.prefix.run_shared`'s ``on_prefix``; consumed);
-    ``pairs``: (row of ``inputs``, answer ids). One forward feeds each pair's last prompt token and its answer
-    but the last token; what `answer_nll` gives, without running any prompt again. NaN for an empty answer.
+    ``pairs``: (row of ``inputs``, answer ids). What `answer_nll` gives, without running any prompt again: the
+    first token of every answer to a prompt is scored from one row fed the last prompt token; the answers of two
+    tokens or more are fed their tokens but the last. NaN for an empty answer.
     """
-    t = max((len(x) for _, x in pairs), default=0)
-    if t == 0:
-        return [float("nan")] * len(pairs)
-    ids: Int[Tensor, "b s"] = inputs["input_ids"]
-    pick = torch.tensor([b for b, _ in pairs], device=ids.device)
-    attn = inputs["attention_mask"].index_select(0, pick)
-    ans, mask = _answers([x for _, x in pairs], t, ids, attn, vlm.pad_token_id)
-    prefix.batch_select_indices(pick)
-    full = torch.cat([attn, mask[:, :-1]], dim=1)
-    pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, attn.shape[1] - 1 :]
-    feed = torch.cat([ids.index_select(0, pick)[:, -1:], ans[:, :-1]], dim=1)
-    with torch.no_grad():
-        out = vlm.hf(input_ids=feed, attention_mask=full, position_ids=pos, past_key_values=prefix, use_cache=True)
-    return _mean_nll(torch.log_softmax(out.logits.float(), dim=-1), ans, mask)
+    out = [float("nan")] * len(pairs)
+    scored = [i for i, (_, x) in enumerate(pairs) if x]
+    if not scored:
+        return out
+    rows = sorted({pairs[i][0] for i in scored})
+    longer = [i for i in scored if len(pairs[i][1]) > 1]
+    first = _continue(vlm, inputs, fork_cache(prefix) if longer else prefix, rows, [[]] * len(rows), 1)[:, 0]
+    where = {b: r for r, b in enumerate(rows)}
+    total = {i: -float(first[where[pairs[i][0]], int(pairs[i][1][0])]) for i in scored}
+    if longer:
+        answers = [pairs[i][1] for i in longer]
+        t = max(len(a) for a in answers)
+        lp = _continue(vlm, inputs, prefix, [pairs[i][0] for i in longer], answers, t)[:, 1:]
+        ans, mask = _answers([a[1:] for a in answers], t - 1, inputs["input_ids"], inputs["attention_mask"], 0)
+        rest = -(lp.gather(-1, ans.unsqueeze(-1)).squeeze(-1) * mask.float()).sum(1)
+        for i, v in zip(longer, rest.tolist(), strict=True):
+            total[i] += v
+    for i in scored:
+        out[i] = total[i] / len(pairs[i][1])
+    return out
 
 
 def _batch_nll(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[int]]) -> list[float]:
