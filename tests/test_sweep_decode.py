@@ -173,6 +173,28 @@ def test_fork_cache_leaves_the_original(shapes_vlm, shapes_set):
     assert all(torch.equal(c.keys[::2], k) for c, k in zip(cache.layers, keys, strict=True))
 
 
+def test_prefix_pass_stops_once_the_last_block_has_filled_its_cache(shapes_vlm, shapes_set):
+    """The last block's output (its feed-forward part) and the unembedding are never computed on the prefix, and
+    every layer's keys and values are there."""
+    vlm = shapes_vlm
+    ran = []
+    last = vlm.layer_module(vlm.n_layers - 1)
+    handles = [
+        last.register_forward_hook(lambda *a: ran.append("block")),
+        vlm._unembed.register_forward_hook(lambda *a: ran.append("unembed")),
+    ]
+    try:
+        inputs = vlm.prepare(shapes_set[:3])
+        cache, states = prefix._prefix_pass(vlm, inputs, [1])
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == []
+    n = inputs["input_ids"].shape[1] - 1
+    assert [layer.keys.shape[-2] for layer in cache.layers] == [n] * vlm.n_layers
+    assert states[1].shape[:2] == (3, n)
+
+
 def _tiny(arch):
     opts = {"layers": 2} if arch == "gpt2" else {"vision_layers": 1, "text_layers": 2}
     vlm = ns.load(cached_tiny(arch, **opts), dtype="float32")
@@ -188,6 +210,7 @@ def _tiny(arch):
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_tiny_family_sweep_with_fluency_matches_the_plain_path(monkeypatch, arch):
     vlm, samples = _tiny(arch)
+    assert prefix._last_attention(vlm) is not None  # the adapter names the block's attention: passes stop there
     acts = ns.capture(vlm, samples, layer=0, at="last_prompt", progress=False)
     norm = float(acts.tensor.float().norm(dim=-1).mean())
     v = torch.randn(vlm.hidden_size, generator=torch.Generator().manual_seed(0))

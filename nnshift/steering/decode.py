@@ -16,15 +16,16 @@ tests/test_sweep_prefix.py compares every result with the nnsight path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from nnshift.generation import BatchRun, trim_answer
+from nnshift.steering.kv import select_rows
 from nnshift.steering.patches import BoundPatch, PatchSet
 
 __all__ = ["decode_from_cache", "plain_greedy"]
@@ -100,6 +101,28 @@ def _bind(vlm: Any, patch: PatchSet | None, rows: Tensor | None, last: Int[Tenso
     return part.bind(vlm, {"input_ids": last, "attention_mask": torch.ones_like(last)})
 
 
+def _layer_patches(patch: PatchSet | None, n_layers: int, last: bool) -> PatchSet | None:
+    """The patches of ``patch`` at the model's last layer (``last``) or below it (None when there is none)."""
+    if patch is None:
+        return None
+    keep = [p for p in patch.patches if (p.layer % n_layers == n_layers - 1) == last]
+    return PatchSet(keep) if keep else None
+
+
+def _first_tokens(
+    vlm: Any, h: Float[Tensor, "n d"], top: PatchSet | None, last_ids: Int[Tensor, "n 1"]
+) -> tuple[Float[Tensor, "n d"], Int[Tensor, " n"]]:
+    """Each row's last-layer edit applied to the last block's output at the last prompt position, and its greedy
+    token (final norm and unembedding: `VLM.logit_lens`)."""
+    bound = _bind(vlm, top, None, last_ids)
+    edit = None if bound is None else bound.edits.get(vlm.n_layers - 1)
+    if edit is not None:
+        edited = edit.edit_prefill(h[:, None, :])
+        if edited is not None:
+            h = edited[:, 0, :]
+    return h, vlm.logit_lens(h).argmax(-1).to(last_ids.device)
+
+
 def decode_from_cache(
     vlm: Any,
     input_ids: Int[Tensor, "r s"],
@@ -108,47 +131,95 @@ def decode_from_cache(
     patch: PatchSet | None,
     max_new_tokens: int,
     read_last: bool = False,
+    start_rows: Sequence[int] | None = None,
 ) -> BatchRun:
-    """Greedy answers of ``r`` rows whose cache holds every prompt position but the last (left padded rows).
+    """Greedy answers of rows whose cache holds every prompt position but the last (left padded rows).
 
-    ``patch`` covers the ``r`` rows (per-row alpha/rows); step 0 applies its prompt-pass edit to the last prompt
-    position, later steps its decode edit. With ``read_last``, ``states[last layer][0]`` is the last layer's
-    (edited) state at the last prompt position, as `run_generation` reads it. The cache is consumed.
+    ``start_rows[r]``: the row of ``input_ids`` / ``attention_mask`` / ``cache`` that answer row ``r`` starts from
+    (default: row ``r``). Rows may share one when ``patch`` edits none of them below the model's last layer: their
+    step 0 (the last prompt position) is then one forward, and each applies its own last-layer edit to the last
+    block's output before the unembedding (that edit reaches nothing else at step 0). ``patch`` covers the answer
+    rows (per-row alpha/rows); step 0 applies its prompt-pass edit to the last prompt position, later steps its
+    decode edit. With ``read_last``, ``states[last layer][0]`` is the last layer's (edited) state at the last
+    prompt position, as `run_generation` reads it. The cache is consumed.
     """
-    n = int(input_ids.shape[0])
     last = vlm.n_layers - 1
-    hooks = _Hooks(vlm, last if read_last else None)
-    active = torch.arange(n)
-    attn = attention_mask
-    cur = input_ids[:, -1:]
-    hooks.bound = _bind(vlm, patch, None, cur)
-    layers = sorted({*(hooks.bound.layers if hooks.bound is not None else []), *([last] if read_last else [])})
-    out: list[list[int]] = [[] for _ in range(n)]
+    n_in = int(input_ids.shape[0])
+    start = torch.arange(n_in) if start_rows is None else torch.tensor(list(start_rows), dtype=torch.long)
+    rep = torch.full((n_in,), -1, dtype=torch.long)  # an answer row of each input row (its first)
+    for r, i in reversed(list(enumerate(start.tolist()))):
+        rep[i] = r
+    hooks = _Hooks(vlm, last)
+    hooks.bound = _bind(vlm, _layer_patches(patch, vlm.n_layers, last=False), rep, input_ids[:, -1:])
+    layers = sorted({*(p.layer % vlm.n_layers for p in (patch.patches if patch is not None else ())), last})
     eos_ids = list(vlm.eos_token_ids)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=input_ids.dtype)
     with torch.no_grad(), _hooked(vlm, hooks, layers):
-        for step in range(max_new_tokens):
-            hooks.step = step
-            pos = (attn.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]
-            logits = vlm.hf(
-                input_ids=cur, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
-            ).logits
-            nxt = logits[:, -1, :].argmax(-1)
-            for r, t in zip(active.tolist(), nxt.tolist(), strict=True):
-                out[r].append(int(t))
-            going = ~torch.isin(nxt.cpu(), eos)
-            if step == max_new_tokens - 1 or not bool(going.any()):
-                break
-            if not bool(going.all()):
-                keep = going.nonzero().squeeze(1)
-                cache.batch_select_indices(keep.to(nxt.device))
-                active, attn, nxt = active[keep], attn[keep.to(attn.device)], nxt[keep.to(nxt.device)]
-                hooks.bound = _bind(vlm, patch, active, nxt[:, None])
-            cur = nxt[:, None].to(input_ids.dtype)
-            attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
-    states = {} if not read_last or hooks.first is None else {last: [hooks.first]}
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]
+        vlm.hf(
+            input_ids=input_ids[:, -1:],
+            attention_mask=attention_mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        assert hooks.first is not None  # the hook on the last layer ran
+        first, nxt = _first_tokens(
+            vlm,
+            hooks.first.index_select(0, start.to(hooks.first.device)),
+            _layer_patches(patch, vlm.n_layers, True),
+            input_ids.index_select(0, start)[:, -1:],
+        )
+        if start_rows is not None:
+            select_rows(cache, start)
+        out = _greedy_steps(
+            vlm,
+            hooks,
+            patch,
+            cache,
+            attention_mask.index_select(0, start.to(attention_mask.device)),
+            nxt,
+            max_new_tokens,
+            eos,
+        )
     return BatchRun(
         tokens=[trim_answer(row, eos_ids) for row in out],
-        states=states,
+        states={last: [first]} if read_last else {},
         prompt_len=int(input_ids.shape[1]),
     )
+
+
+def _greedy_steps(
+    vlm: Any,
+    hooks: _Hooks,
+    patch: PatchSet | None,
+    cache: Any,
+    attn: Int[Tensor, "n s"],
+    nxt: Int[Tensor, " n"],
+    max_new_tokens: int,
+    eos: Tensor,
+) -> list[list[int]]:
+    """The decode steps after step 0 (whose tokens are ``nxt``): each row's ids, finished rows leaving the batch."""
+    n = int(nxt.shape[0])
+    active = torch.arange(n)
+    out: list[list[int]] = [[int(t)] for t in nxt.tolist()]
+    hooks.bound = _bind(vlm, patch, None, nxt[:, None])
+    for step in range(1, max_new_tokens):
+        going = ~torch.isin(nxt.cpu(), eos)
+        if not bool(going.any()):
+            break
+        if not bool(going.all()):
+            keep = going.nonzero().squeeze(1)
+            select_rows(cache, keep)
+            active, attn, nxt = active[keep], attn[keep.to(attn.device)], nxt[keep.to(nxt.device)]
+            hooks.bound = _bind(vlm, patch, active, nxt[:, None])
+        hooks.step = step
+        attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]
+        logits = vlm.hf(
+            input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
+        ).logits
+        nxt = logits[:, -1, :].argmax(-1)
+        for r, t in zip(active.tolist(), nxt.tolist(), strict=True):
+            out[r].append(int(t))
+    return out

@@ -24,7 +24,8 @@ from torch import Tensor
 from nnshift.data import Sample
 from nnshift.errors import ArgumentError
 from nnshift.options import RunOptions, batched
-from nnshift.steering.prefix import batch_allows_sharing, fork_cache, shares_prefix
+from nnshift.steering.kv import fork_cache, select_rows
+from nnshift.steering.prefix import batch_allows_sharing, shares_prefix
 
 __all__ = ["answer_ids", "answer_nll", "mean_finite", "nll_from_prefix", "prepare_rows"]
 
@@ -115,7 +116,7 @@ def _batch_nll_shared(vlm: Any, batch: Sequence[Sample], ids: Sequence[Sequence[
         ans, mask = _answers(ids, t, inputs["input_ids"], attn, vlm.pad_token_id)
         if t > 1:
             cache = first.past_key_values
-            cache.batch_select_indices(pick)
+            select_rows(cache, pick)
             full = torch.cat([attn, mask[:, :-1]], dim=1)
             pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, attn.shape[1] :]
             out = vlm.hf(
@@ -134,7 +135,7 @@ def _continue(
     pick = torch.tensor(rows, device=ids.device)
     attn = inputs["attention_mask"].index_select(0, pick)
     ans, mask = _answers(answers, t, ids, attn, vlm.pad_token_id)
-    cache.batch_select_indices(pick)
+    select_rows(cache, pick)
     full = torch.cat([attn, mask[:, :-1]], dim=1)
     pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, attn.shape[1] - 1 :]
     feed = torch.cat([ids.index_select(0, pick)[:, -1:], ans[:, :-1]], dim=1)

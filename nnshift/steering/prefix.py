@@ -18,20 +18,20 @@ its positions: see `can_share_prefix`), and for prompts whose last token is text
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
 from nnshift.errors import SteeringError
 from nnshift.generation import BatchRun, run_generation
 from nnshift.positions import All, Generated, Image, LastPrompt, Prompt, Selector, Text
 from nnshift.steering.decode import decode_from_cache, plain_greedy
-from nnshift.steering.deltas import selector_parts
+from nnshift.steering.deltas import is_plain, selector_parts
+from nnshift.steering.kv import fork_cache, select_rows
 from nnshift.steering.patches import PatchSet
 
 __all__ = [
@@ -177,19 +177,6 @@ def _above(vlm: Any, prefix: dict[str, Tensor], layer: int, steered: Tensor) -> 
     return cache
 
 
-def fork_cache(cache: Any) -> Any:
-    """A copy of a dynamic KV cache that shares its tensors: what is done to one (append, select rows) leaves the other.
-
-    HF's dynamic cache layers replace their key/value tensors on every change, never write into them; a cache
-    with another kind of layer is copied in full.
-    """
-    if not all(isinstance(layer, DynamicLayer) for layer in cache.layers):
-        return copy.deepcopy(cache)
-    out = copy.copy(cache)
-    out.layers = [copy.copy(layer) for layer in cache.layers]
-    return out
-
-
 def prefix_cache(vlm: Any, inputs: dict[str, Tensor], copies: int) -> Any:
     """The KV cache of every prompt position but the last, computed once per row, each row repeated ``copies`` times."""
     cache, _ = _prefix_pass(vlm, inputs, ())
@@ -210,8 +197,10 @@ def _split_cache(
     split_at: Sequence[int | None],
     base: Any,
     states: dict[int, Tensor],
+    built: Tensor,
 ) -> Any:
-    """The continuation's KV cache of ``B x copies`` rows: copy ``c`` shares the prefix below ``split_at[c]``.
+    """The continuation's KV cache of the rows ``built`` of ``B x copies`` (sample-major): copy ``c`` shares the
+    prefix below ``split_at[c]``.
 
     ``base`` / ``states``: the prefix pass's cache and its states after the split layers (``base`` is consumed).
     """
@@ -232,7 +221,7 @@ def _split_cache(
     for j, cache_layer in enumerate(base.layers):
         below = tuple(x for x in need if j > x)
         if below not in picks:
-            picks[below] = _rows_for(n, split_at, below, copies_at)
+            picks[below] = _rows_for(n, split_at, below, copies_at).index_select(0, built)
         pick = picks[below].to(cache_layer.keys.device)
         keys = [cache_layer.keys] + [parts[x].layers[j].keys for x in below]
         values = [cache_layer.values] + [parts[x].layers[j].values for x in below]
@@ -293,17 +282,28 @@ def run_shared(
     base, states = _prefix_pass(vlm, inputs, need)
     if on_prefix is not None:
         on_prefix(fork_cache(base))
+    last = vlm.n_layers - 1
+    decoder = plain_greedy(vlm) and set(layers) <= {last}
+    n = int(ids.shape[0])
+    built, start = _start_rows(vlm, patch, split_at, n, copies) if decoder else (list(range(n * copies)), None)
+    rows = torch.tensor(built, dtype=torch.long)
     if need:
         assert patch is not None and split_at is not None  # checked above
-        cache = _split_cache(vlm, inputs, copies, patch, split_at, base, states)
+        cache = _split_cache(vlm, inputs, copies, patch, split_at, base, states, rows)
     else:
         cache = base
-        if copies > 1:
-            cache.batch_repeat_interleave(copies)
-    last = vlm.n_layers - 1
-    if plain_greedy(vlm) and set(layers) <= {last}:
+        select_rows(cache, rows // copies)
+    if decoder:
+        pick = (rows // copies).to(ids.device)
         return decode_from_cache(
-            vlm, cont["input_ids"], cont["attention_mask"], cache, patch, max_new_tokens, read_last=last in layers
+            vlm,
+            ids.index_select(0, pick),
+            attn.index_select(0, pick),
+            cache,
+            patch,
+            max_new_tokens,
+            read_last=last in layers,
+            start_rows=start,
         )
     edit = None
     if patch is not None:
@@ -312,3 +312,32 @@ def run_shared(
         )
     cont["past_key_values"] = cache
     return run_generation(vlm, cont, max_new_tokens, layers=layers, edit=edit, remote=False)
+
+
+def _start_rows(
+    vlm: Any, patch: PatchSet | None, split_at: Sequence[int | None] | None, n: int, copies: int
+) -> tuple[list[int], list[int]]:
+    """Which continuation rows (``n x copies``, sample-major) to build, and the built row each one starts from.
+
+    The copies of a sample that are not split and that no patch edits below the model's last layer share one
+    row at step 0 (`decode_from_cache`); every other copy has its own.
+    """
+    last = vlm.n_layers - 1
+    below = [p for p in (patch.patches if patch is not None else ()) if p.layer % vlm.n_layers != last]
+    scales = [p.scale.tolist() if isinstance(p.scale, Tensor) else [p.scale] * (n * copies) for p in below]
+    plain = all(is_plain(p) for p in below)
+    built: list[int] = []
+    start: list[int] = []
+    for b in range(n):
+        shared = None
+        for c in range(copies):
+            r = b * copies + c
+            free = plain and (split_at is None or split_at[c] is None) and all(s[r] == 0 for s in scales)
+            if free and shared is not None:
+                start.append(shared)
+                continue
+            start.append(len(built))
+            if free:
+                shared = len(built)
+            built.append(r)
+    return built, start
