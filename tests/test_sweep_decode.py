@@ -122,6 +122,36 @@ def test_rows_finishing_at_different_steps_leave_the_batch(monkeypatch, shapes_v
         assert a.answers == b.answers
 
 
+def test_copies_patched_at_the_last_layer_share_their_forward_rows(
+    monkeypatch, shapes_vlm, yesno_number_vector, shapes_set
+):
+    """At the last layer, every copy of a sample (unsteered and each alpha) runs one forward row at step 0, and
+    later one per distinct answer so far; the answers, margins and states are the plain path's."""
+    sizes = []
+
+    def spy(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] == 1:
+            sizes.append(int(ids.shape[0]))
+
+    kw = {"alphas": (0.5, 2.0, 8.0), "layers": [3], "fluency": False, "batch_size": 12, "max_new_tokens": 4}
+    handle = shapes_vlm.hf.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        shared = ns.steering.sweep(shapes_vlm, yesno_number_vector, shapes_set, target=TARGET, progress=False, **kw)
+    finally:
+        handle.remove()
+    assert sizes[0] == len(shapes_set), sizes  # 4 copies per sample, one forward row each at step 0
+    distinct = sum(len({r.answers[i] for r in shared.rows}) for i in range(len(shapes_set)))  # answers per sample
+    assert sizes[1] <= distinct < len(shapes_set) * 4, (sizes, distinct)
+    with monkeypatch.context() as m:
+        _unshared(m)
+        plain = ns.steering.sweep(shapes_vlm, yesno_number_vector, shapes_set, target=TARGET, progress=False, **kw)
+    for a, b in zip(plain.rows, shared.rows, strict=True):
+        assert a.answers == b.answers
+        assert torch.allclose(torch.tensor(a.sample_margin), torch.tensor(b.sample_margin), atol=1e-5, equal_nan=True)
+    assert any(r.answers != plain.rows[0].answers for r in plain.rows[1:])  # the alphas changed answers
+
+
 def test_a_generation_config_with_logits_processors_keeps_hf_generation(
     monkeypatch, shapes_vlm, yesno_number_vector, shapes_set
 ):

@@ -16,6 +16,7 @@ tests/test_sweep_prefix.py compares every result with the nnsight path.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,7 +25,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from nnshift.errors import SteeringError
 from nnshift.generation import BatchRun, trim_answer
+from nnshift.steering.deltas import is_plain
 from nnshift.steering.kv import select_rows
 from nnshift.steering.patches import BoundPatch, PatchSet
 
@@ -63,7 +66,7 @@ class _Hooks:
         self.vlm, self.read = vlm, read
         self.step = 0
         self.bound: BoundPatch | None = None
-        self.first: Tensor | None = None  # the read layer's state at step 0, after its edit
+        self.state: Tensor | None = None  # the read layer's state at the last position of this step, after its edit
 
     def hook(self, layer: int) -> Any:
         def run(module: Any, args: Any, output: Any) -> Any:
@@ -73,8 +76,8 @@ class _Hooks:
             if edit is not None:
                 out = edit.edit_prefill(h) if self.step == 0 else edit.edit_decode(h)
             new = h if out is None else out
-            if layer == self.read and self.step == 0:
-                self.first = new[:, -1, :].detach()
+            if layer == self.read:
+                self.state = new[:, -1, :].detach()
             if out is None:
                 return None
             return (out, *output[1:]) if isinstance(output, tuple) else out
@@ -109,18 +112,71 @@ def _layer_patches(patch: PatchSet | None, n_layers: int, last: bool) -> PatchSe
     return PatchSet(keep) if keep else None
 
 
-def _first_tokens(
-    vlm: Any, h: Float[Tensor, "n d"], top: PatchSet | None, last_ids: Int[Tensor, "n 1"]
+class _Rows:
+    """The answer rows still generating, and the forward rows they read at the next step.
+
+    An answer row whose patch edits nothing below the model's last layer (``free``) shares its forward row with
+    every other free row of the same sample that has generated the same ids so far: their states are the same at
+    every layer (nothing below the last block is edited, and no layer's keys and values come from the last
+    block's output); only their last-layer edits differ, and those are applied to the shared output, per answer
+    row, before the unembedding (`_tokens`).
+    """
+
+    def __init__(self, start: Tensor, free: list[bool]) -> None:
+        self.free = free
+        self.active = torch.arange(int(start.shape[0]))  # answer rows still generating
+        self.reads = start.clone()  # the forward row each active answer row reads
+        self.rep = self._representatives(int(start.max()) + 1 if start.numel() else 0)
+
+    def _representatives(self, n_forward: int) -> Tensor:
+        """An active answer row reading each forward row (whose below-last-layer patch the forward row gets)."""
+        rep = torch.full((n_forward,), -1, dtype=torch.long)
+        for r, f in reversed(list(zip(self.active.tolist(), self.reads.tolist(), strict=True))):
+            rep[f] = r
+        return rep
+
+    def advance(self, tokens: Tensor, going: Tensor) -> Tensor | None:
+        """Drop the finished rows, regroup the others by (forward row, new token); the old forward row of each new
+        one (None when the forward rows are unchanged)."""
+        n_old = int(self.rep.shape[0])
+        self.active, reads, tokens = self.active[going], self.reads[going], tokens[going]
+        keys: dict[tuple[int, int], int] = {}
+        src: list[int] = []
+        new_reads: list[int] = []
+        for row, f, t in zip(self.active.tolist(), reads.tolist(), tokens.tolist(), strict=True):
+            key = (f, int(t)) if self.free[row] else (-1 - row, 0)
+            if key not in keys:
+                keys[key] = len(src)
+                src.append(f)
+            new_reads.append(keys[key])
+        self.reads = torch.tensor(new_reads, dtype=torch.long)
+        self.rep = self._representatives(len(src))
+        return None if src == list(range(n_old)) else torch.tensor(src, dtype=torch.long)
+
+
+def _tokens(
+    vlm: Any, h: Float[Tensor, "n d"], top: PatchSet | None, rows: Tensor, step: int, like: Tensor
 ) -> tuple[Float[Tensor, "n d"], Int[Tensor, " n"]]:
-    """Each row's last-layer edit applied to the last block's output at the last prompt position, and its greedy
-    token (final norm and unembedding: `VLM.logit_lens`)."""
-    bound = _bind(vlm, top, None, last_ids)
+    """Each answer row's last-layer edit applied to its forward row's last-block output ``h`` (prompt-pass edit at
+    step 0, decode edit after), and its greedy token (final norm and unembedding: `VLM.logit_lens`)."""
+    bound = _bind(vlm, top, rows, like[:, -1:])
     edit = None if bound is None else bound.edits.get(vlm.n_layers - 1)
     if edit is not None:
-        edited = edit.edit_prefill(h[:, None, :])
+        edited = edit.edit_prefill(h[:, None, :]) if step == 0 else edit.edit_decode(h[:, None, :])
         if edited is not None:
             h = edited[:, 0, :]
-    return h, vlm.logit_lens(h).argmax(-1).to(last_ids.device)
+    return h, vlm.logit_lens(h).argmax(-1).to(like.device)
+
+
+def _free_rows(below: PatchSet | None, n: int) -> list[bool]:
+    """Which of ``n`` answer rows no patch edits below the last layer (``below``: plain patches of zero strength on
+    them)."""
+    if below is None:
+        return [True] * n
+    if not all(is_plain(p) for p in below.patches):
+        return [False] * n
+    scales = [p.scale.tolist() if isinstance(p.scale, Tensor) else [p.scale] * n for p in below.patches]
+    return [all(s[r] == 0 for s in scales) for r in range(n)]
 
 
 def decode_from_cache(
@@ -136,90 +192,57 @@ def decode_from_cache(
     """Greedy answers of rows whose cache holds every prompt position but the last (left padded rows).
 
     ``start_rows[r]``: the row of ``input_ids`` / ``attention_mask`` / ``cache`` that answer row ``r`` starts from
-    (default: row ``r``). Rows may share one when ``patch`` edits none of them below the model's last layer: their
-    step 0 (the last prompt position) is then one forward, and each applies its own last-layer edit to the last
-    block's output before the unembedding (that edit reaches nothing else at step 0). ``patch`` covers the answer
-    rows (per-row alpha/rows); step 0 applies its prompt-pass edit to the last prompt position, later steps its
-    decode edit. With ``read_last``, ``states[last layer][0]`` is the last layer's (edited) state at the last
+    (default: row ``r``); rows may share one only when ``patch`` edits none of them below the model's last layer.
+    Such rows also share their forward rows later while their ids are the same (`_Rows`). ``patch`` covers the
+    answer rows (per-row alpha/rows); step 0 applies its prompt-pass edit to the last prompt position, later steps
+    its decode edit. With ``read_last``, ``states[last layer][0]`` is the last layer's (edited) state at the last
     prompt position, as `run_generation` reads it. The cache is consumed.
     """
     last = vlm.n_layers - 1
-    n_in = int(input_ids.shape[0])
-    start = torch.arange(n_in) if start_rows is None else torch.tensor(list(start_rows), dtype=torch.long)
-    rep = torch.full((n_in,), -1, dtype=torch.long)  # an answer row of each input row (its first)
-    for r, i in reversed(list(enumerate(start.tolist()))):
-        rep[i] = r
+    start = torch.arange(int(input_ids.shape[0])) if start_rows is None else torch.tensor(list(start_rows))
+    below, top = _layer_patches(patch, vlm.n_layers, False), _layer_patches(patch, vlm.n_layers, True)
+    free = _free_rows(below, int(start.shape[0]))
+    shared = Counter(start.tolist())
+    if any(shared[f] > 1 and not ok for f, ok in zip(start.tolist(), free, strict=True)):
+        raise SteeringError("answer rows edited below the last layer share a start row", "give each its own row")
+    rows = _Rows(start, free)
     hooks = _Hooks(vlm, last)
-    hooks.bound = _bind(vlm, _layer_patches(patch, vlm.n_layers, last=False), rep, input_ids[:, -1:])
     layers = sorted({*(p.layer % vlm.n_layers for p in (patch.patches if patch is not None else ())), last})
     eos_ids = list(vlm.eos_token_ids)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=input_ids.dtype)
+    out: list[list[int]] = [[] for _ in range(int(start.shape[0]))]
+    attn, feed = attention_mask, input_ids[:, -1:]
+    first: Tensor | None = None
     with torch.no_grad(), _hooked(vlm, hooks, layers):
-        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]
-        vlm.hf(
-            input_ids=input_ids[:, -1:],
-            attention_mask=attention_mask,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        assert hooks.first is not None  # the hook on the last layer ran
-        first, nxt = _first_tokens(
-            vlm,
-            hooks.first.index_select(0, start.to(hooks.first.device)),
-            _layer_patches(patch, vlm.n_layers, True),
-            input_ids.index_select(0, start)[:, -1:],
-        )
-        if start_rows is not None:
-            select_rows(cache, start)
-        out = _greedy_steps(
-            vlm,
-            hooks,
-            patch,
-            cache,
-            attention_mask.index_select(0, start.to(attention_mask.device)),
-            nxt,
-            max_new_tokens,
-            eos,
-        )
+        for step in range(max_new_tokens):
+            hooks.step = step
+            hooks.bound = _bind(vlm, below, rows.rep, feed)
+            pos = (attn.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]
+            vlm.hf(input_ids=feed, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
+            assert hooks.state is not None  # the hook on the last layer ran
+            h = hooks.state.index_select(0, rows.reads.to(hooks.state.device))
+            h, nxt = _tokens(vlm, h, top, rows.active, step, input_ids.index_select(0, start[rows.active]))
+            first = h if step == 0 else first
+            for r, t in zip(rows.active.tolist(), nxt.tolist(), strict=True):
+                out[r].append(int(t))
+            going = ~torch.isin(nxt.cpu(), eos)
+            if step == max_new_tokens - 1 or not bool(going.any()):
+                break
+            src = rows.advance(nxt.cpu(), going)
+            if src is not None:
+                select_rows(cache, src)
+                attn = attn.index_select(0, src.to(attn.device))
+            feed = _feed(rows, nxt[going.to(nxt.device)], attn)
+            attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
     return BatchRun(
         tokens=[trim_answer(row, eos_ids) for row in out],
-        states={last: [first]} if read_last else {},
+        states={last: [first]} if read_last and first is not None else {},
         prompt_len=int(input_ids.shape[1]),
     )
 
 
-def _greedy_steps(
-    vlm: Any,
-    hooks: _Hooks,
-    patch: PatchSet | None,
-    cache: Any,
-    attn: Int[Tensor, "n s"],
-    nxt: Int[Tensor, " n"],
-    max_new_tokens: int,
-    eos: Tensor,
-) -> list[list[int]]:
-    """The decode steps after step 0 (whose tokens are ``nxt``): each row's ids, finished rows leaving the batch."""
-    n = int(nxt.shape[0])
-    active = torch.arange(n)
-    out: list[list[int]] = [[int(t)] for t in nxt.tolist()]
-    hooks.bound = _bind(vlm, patch, None, nxt[:, None])
-    for step in range(1, max_new_tokens):
-        going = ~torch.isin(nxt.cpu(), eos)
-        if not bool(going.any()):
-            break
-        if not bool(going.all()):
-            keep = going.nonzero().squeeze(1)
-            select_rows(cache, keep)
-            active, attn, nxt = active[keep], attn[keep.to(attn.device)], nxt[keep.to(nxt.device)]
-            hooks.bound = _bind(vlm, patch, active, nxt[:, None])
-        hooks.step = step
-        attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
-        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]
-        logits = vlm.hf(
-            input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
-        ).logits
-        nxt = logits[:, -1, :].argmax(-1)
-        for r, t in zip(active.tolist(), nxt.tolist(), strict=True):
-            out[r].append(int(t))
-    return out
+def _feed(rows: _Rows, tokens: Tensor, attn: Tensor) -> Int[Tensor, "f 1"]:
+    """The next input id of each forward row: the token its answer rows generated."""
+    feed = torch.zeros((int(attn.shape[0]), 1), dtype=torch.long, device=attn.device)
+    feed[rows.reads.to(attn.device), 0] = tokens.to(attn.device)
+    return feed
