@@ -277,10 +277,23 @@ def _cost_table(c: dict[str, Any], what: str) -> list[str]:
     return lines
 
 
+def verdict(c: dict[str, Any], target: float = 3.0) -> str:
+    """Issue 16's cost target, read from the cost JSON: met or not, with the ratios it rests on."""
+    r = c["cpu_ratio_to_steer"]
+    full, lean = r["sweep"], r["sweep, fluency off"]
+    met = "met" if full <= target else "NOT met"
+    return (
+        f"**Target (a sweep of {len(c['alphas'])} alphas x {len(c['layers'])} layers costs at most {target:g}x one "
+        f"steered run, CPU time): {met}.** The sweep with every measure costs {full:.2f}x one steered run, "
+        f"{lean:.2f}x without the fluency pass, {r['sweep, prefix sharing off']:.2f}x with every kind of sharing "
+        "switched off."
+    )
+
+
 def cost_block() -> str:
     """The generated part of docs/benchmarks.md's sweep section: every position, then prefix-sparing positions."""
     c = json.loads((RESULTS / "cost.json").read_text())
-    lines = _cost_table(c, "patches at every position (a vector's default)")
+    lines = [verdict(c), "", *_cost_table(c, "patches at every position (a vector's default)")]
     if PREFIX_COST.exists():
         p = json.loads(PREFIX_COST.read_text())
         same = p["shared_equals_unshared"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -32,6 +32,9 @@ from nnshift.steering.kv import select_rows
 from nnshift.steering.patches import BoundPatch, PatchSet
 
 __all__ = ["decode_from_cache", "plain_greedy"]
+
+#: answer rows unembedded at once (bounds the float32 logits held per step: rows x vocabulary)
+_CHUNK = 256
 
 #: generation-config fields that make HF's greedy choice differ from the logits' argmax (when set)
 _PROCESSORS = {
@@ -59,6 +62,10 @@ def plain_greedy(vlm: Any) -> bool:
     return all(getattr(config, name, default) in (default, None, []) for name, default in _PROCESSORS.items())
 
 
+class _StepDone(Exception):
+    """Raised after the last block: the final norm and unembedding run per answer row in `_tokens` instead."""
+
+
 class _Hooks:
     """Forward hooks on the patched blocks: step 0 edits as the prompt pass, later steps as decode steps."""
 
@@ -78,6 +85,7 @@ class _Hooks:
             new = h if out is None else out
             if layer == self.read:
                 self.state = new[:, -1, :].detach()
+                raise _StepDone  # the last block has filled its keys and values; the tokens come from `_tokens`
             if out is None:
                 return None
             return (out, *output[1:]) if isinstance(output, tuple) else out
@@ -165,7 +173,8 @@ def _tokens(
         edited = edit.edit_prefill(h[:, None, :]) if step == 0 else edit.edit_decode(h[:, None, :])
         if edited is not None:
             h = edited[:, 0, :]
-    return h, vlm.logit_lens(h).argmax(-1).to(like.device)
+    tokens = [vlm.logit_lens(h[i : i + _CHUNK]).argmax(-1) for i in range(0, int(h.shape[0]), _CHUNK)]
+    return h, torch.cat(tokens).to(like.device)
 
 
 def _free_rows(below: PatchSet | None, n: int) -> list[bool]:
@@ -218,8 +227,14 @@ def decode_from_cache(
             hooks.step = step
             hooks.bound = _bind(vlm, below, rows.rep, feed)
             pos = (attn.long().cumsum(-1) - 1).clamp(min=0)[:, -1:]
-            vlm.hf(input_ids=feed, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
-            assert hooks.state is not None  # the hook on the last layer ran
+            hooks.state = None
+            with suppress(_StepDone):
+                vlm.hf(input_ids=feed, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
+            if hooks.state is None:
+                raise SteeringError(
+                    f"the decode step of {type(vlm.hf).__name__} never reached its last block",
+                    "set shares_prompt_prefix=False on this model's adapter (sweeps then run HF generation)",
+                )
             h = hooks.state.index_select(0, rows.reads.to(hooks.state.device))
             h, nxt = _tokens(vlm, h, top, rows.active, step, input_ids.index_select(0, start[rows.active]))
             first = h if step == 0 else first
