@@ -20,6 +20,7 @@ the fresh held-out check, the diagnostics), ``cost.json``, ``<target>-pareto.png
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -351,13 +352,16 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple
     """Best (wall, process CPU) time of each function over ``repeats`` round-robin rounds, after a warm-up round.
 
     Round-robin, so a burst of load from other processes hits every run alike; the CPU time (one torch thread)
-    is what other jobs on a shared machine disturb least.
+    is what other jobs on a shared machine disturb least. The garbage collector runs before each function, so
+    one run's garbage is not collected during another's timing (it stays on while a function runs: what it
+    collects of that function's own garbage is part of its cost).
     """
     for fn in fns.values():
         fn()
     best = {k: (math.inf, math.inf) for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            gc.collect()
             w0, c0 = time.perf_counter(), time.process_time()
             fn()
             w, c = time.perf_counter() - w0, time.process_time() - c0
