@@ -4,7 +4,8 @@ One torch thread (the test models are tiny; several threads thrash on a busy 2-c
 ``llama`` (a tiny random Llama loaded through ``ns.load``) and ``samples`` (three text prompts, `PROMPTS`) are
 used by the steering tests; a test module that defines its own fixture of the same name uses its own.
 ``shapes_vlm`` (the zoo's shapes-base) and ``yesno_number_vector`` (its coarse yes/no -> number vector at layer
-3, from 16 + 16 questions) serve the sweep and calibration tests.
+3, from 16 + 16 questions) serve the sweep and calibration tests; ``tiny_family`` builds a tiny model of a family
+(cached) with four VQA-like samples of different lengths, for the tests of the sweep's shared path.
 """
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 import nnshift as ns
 from nnshift.models import load
-from nnshift.models.testing import build_tiny
+from nnshift.models.testing import build_tiny, cached_tiny, tiny_image
 
 torch.set_num_threads(1)
 
@@ -44,3 +45,23 @@ def yesno_number_vector(shapes_vlm):
     num = ns.zoo.dataset(16, task="vqa", answer_type="number", seed=202)
     acts = ns.capture(shapes_vlm, yn + num, layer=3, at="last_prompt", progress=False)
     return ns.steering.answer_type_vector(acts, "yes/no", "number", by="reference")
+
+
+TINY_WORDS = ["what color is the dog ?", "how many", "is there a red cat on the mat near the dog", "how many cats"]
+
+
+@pytest.fixture(scope="session")
+def tiny_family():
+    """``make(arch) -> (vlm, samples)``: a tiny model of ``arch`` (2 text layers; 1 vision layer) in float32 and
+    four samples of different lengths (with tiny images when the model is multimodal)."""
+
+    def make(arch):
+        opts = {"layers": 2} if arch == "gpt2" else {"vision_layers": 1, "text_layers": 2}
+        vlm = ns.load(cached_tiny(arch, **opts), dtype="float32")
+        img = vlm.is_multimodal
+        return vlm, [
+            ns.Sample(id=f"s{i}", prompt=p, image=tiny_image(i) if img else None, answers=[["yes", "2"][i % 2]])
+            for i, p in enumerate(TINY_WORDS)
+        ]
+
+    return make

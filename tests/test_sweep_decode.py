@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import nnshift as ns
-from nnshift.models.testing import cached_tiny, tiny_image
 from nnshift.options import run_options
 from nnshift.positions import generated, last_prompt
 from nnshift.steering import SteeringVector, decode, fluency, prefix, sweeps
@@ -225,21 +224,9 @@ def test_prefix_pass_stops_once_the_last_block_has_filled_its_cache(shapes_vlm, 
     assert states[1].shape[:2] == (3, n)
 
 
-def _tiny(arch):
-    opts = {"layers": 2} if arch == "gpt2" else {"vision_layers": 1, "text_layers": 2}
-    vlm = ns.load(cached_tiny(arch, **opts), dtype="float32")
-    words = ["what color is the dog ?", "how many", "is there a red cat on the mat near the dog", "how many cats"]
-    img = vlm.is_multimodal
-    samples = [
-        ns.Sample(id=f"s{i}", prompt=p, image=tiny_image(i) if img else None, answers=[["yes", "2"][i % 2]])
-        for i, p in enumerate(words)
-    ]
-    return vlm, samples
-
-
 @pytest.mark.parametrize("arch", FAMILIES)
-def test_tiny_family_sweep_with_fluency_matches_the_plain_path(monkeypatch, arch):
-    vlm, samples = _tiny(arch)
+def test_tiny_family_sweep_with_fluency_matches_the_plain_path(monkeypatch, tiny_family, arch):
+    vlm, samples = tiny_family(arch)
     assert prefix._last_attention(vlm) is not None  # the adapter names the block's attention: passes stop there
     acts = ns.capture(vlm, samples, layer=0, at="last_prompt", progress=False)
     norm = float(acts.tensor.float().norm(dim=-1).mean())

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import nnshift as ns
-from nnshift.models.testing import cached_tiny, tiny_image
 from nnshift.options import run_options
 from nnshift.positions import generated, image, last_prompt, text
 from nnshift.steering import Patch, SteeringVector, prefix, sweeps
@@ -273,18 +272,6 @@ ENABLED = [
     "aya_vision",
     "gpt2",
 ]
-WORDS = ["what color is the dog ?", "how many", "is there a red cat on the mat near the dog", "how many cats"]
-
-
-def _tiny(arch):
-    opts = {"layers": 2} if arch == "gpt2" else {"vision_layers": 1, "text_layers": 2}
-    vlm = ns.load(cached_tiny(arch, **opts), dtype="float32")
-    img = vlm.is_multimodal
-    samples = [
-        ns.Sample(id=f"s{i}", prompt=p, image=tiny_image(i) if img else None, answers=[["yes", "2"][i % 2]])
-        for i, p in enumerate(WORDS)
-    ]
-    return vlm, samples
 
 
 def _tiny_vector(vlm, samples, layer):
@@ -297,10 +284,10 @@ def _tiny_vector(vlm, samples, layer):
 
 @pytest.mark.parametrize("where", ["last_prompt_or_generated", "all"])
 @pytest.mark.parametrize("arch", ENABLED)
-def test_tiny_family_shared_equals_plain(monkeypatch, arch, where):
+def test_tiny_family_shared_equals_plain(monkeypatch, tiny_family, arch, where):
     """Each enabled family: the shared prefix (last_prompt | generated) and the prefix shared below the patch
     ("all": layer 0 runs only its layers above, layer 1 is the last) generate what the plain path does."""
-    vlm, samples = _tiny(arch)
+    vlm, samples = tiny_family(arch)
     assert vlm.adapter.shares_prompt_prefix
     vecs = {0: _tiny_vector(vlm, samples, 0), 1: _tiny_vector(vlm, samples, 1)}
     points, plain, shared, calls = _both(
@@ -320,8 +307,8 @@ def test_tiny_family_shared_equals_plain(monkeypatch, arch, where):
 
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "gemma3", "paligemma"])
-def test_unverified_tiny_families_are_off(arch):
-    vlm, _ = _tiny(arch)
+def test_unverified_tiny_families_are_off(tiny_family, arch):
+    vlm, _ = tiny_family(arch)
     assert not vlm.adapter.shares_prompt_prefix
     assert not prefix.can_share_prefix(vlm, last_prompt(), False)
 
@@ -366,8 +353,8 @@ def test_fluency_shared_prompt_equals_full(monkeypatch, shapes, shapes_set):
 
 
 @pytest.mark.parametrize("arch", ENABLED)
-def test_tiny_family_fluency_shared_equals_full(monkeypatch, arch):
-    vlm, samples = _tiny(arch)
+def test_tiny_family_fluency_shared_equals_full(monkeypatch, tiny_family, arch):
+    vlm, samples = tiny_family(arch)
     rows, ids = _some_answers(vlm, samples)
     shared, full, calls = _nll_both(monkeypatch, vlm, rows, ids, batch_size=4)
     assert calls >= 1
