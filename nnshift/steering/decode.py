@@ -236,7 +236,8 @@ def decode_from_cache(
                     "set shares_prompt_prefix=False on this model's adapter (sweeps then run HF generation)",
                 )
             h = hooks.state.index_select(0, rows.reads.to(hooks.state.device))
-            h, nxt = _tokens(vlm, h, top, rows.active, step, input_ids.index_select(0, start[rows.active]))
+            like = input_ids.index_select(0, start[rows.active].to(input_ids.device))
+            h, nxt = _tokens(vlm, h, top, rows.active, step, like)
             first = h if step == 0 else first
             for r, t in zip(rows.active.tolist(), nxt.tolist(), strict=True):
                 out[r].append(int(t))
