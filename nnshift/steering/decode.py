@@ -31,7 +31,7 @@ from nnshift.steering.deltas import is_plain
 from nnshift.steering.kv import select_rows
 from nnshift.steering.patches import BoundPatch, PatchSet
 
-__all__ = ["decode_from_cache", "plain_greedy"]
+__all__ = ["decode_from_cache", "free_rows", "layer_patches", "plain_greedy"]
 
 #: answer rows unembedded at once (bounds the float32 logits held per step: rows x vocabulary)
 _CHUNK = 256
@@ -112,7 +112,7 @@ def _bind(vlm: Any, patch: PatchSet | None, rows: Tensor | None, last: Int[Tenso
     return part.bind(vlm, {"input_ids": last, "attention_mask": torch.ones_like(last)})
 
 
-def _layer_patches(patch: PatchSet | None, n_layers: int, last: bool) -> PatchSet | None:
+def layer_patches(patch: PatchSet | None, n_layers: int, last: bool) -> PatchSet | None:
     """The patches of ``patch`` at the model's last layer (``last``) or below it (None when there is none)."""
     if patch is None:
         return None
@@ -177,7 +177,7 @@ def _tokens(
     return h, torch.cat(tokens).to(like.device)
 
 
-def _free_rows(below: PatchSet | None, n: int) -> list[bool]:
+def free_rows(below: PatchSet | None, n: int) -> list[bool]:
     """Which of ``n`` answer rows no patch edits below the last layer (``below``: plain patches of zero strength on
     them)."""
     if below is None:
@@ -209,8 +209,8 @@ def decode_from_cache(
     """
     last = vlm.n_layers - 1
     start = torch.arange(int(input_ids.shape[0])) if start_rows is None else torch.tensor(list(start_rows))
-    below, top = _layer_patches(patch, vlm.n_layers, False), _layer_patches(patch, vlm.n_layers, True)
-    free = _free_rows(below, int(start.shape[0]))
+    below, top = layer_patches(patch, vlm.n_layers, False), layer_patches(patch, vlm.n_layers, True)
+    free = free_rows(below, int(start.shape[0]))
     shared = Counter(start.tolist())
     if any(shared[f] > 1 and not ok for f, ok in zip(start.tolist(), free, strict=True)):
         raise SteeringError("answer rows edited below the last layer share a start row", "give each its own row")

@@ -29,8 +29,8 @@ from transformers.cache_utils import DynamicCache
 from nnshift.errors import SteeringError
 from nnshift.generation import BatchRun, run_generation
 from nnshift.positions import All, Generated, Image, LastPrompt, Prompt, Selector, Text
-from nnshift.steering.decode import decode_from_cache, plain_greedy
-from nnshift.steering.deltas import is_plain, selector_parts
+from nnshift.steering.decode import decode_from_cache, free_rows, layer_patches, plain_greedy
+from nnshift.steering.deltas import selector_parts
 from nnshift.steering.kv import fork_cache, select_rows
 from nnshift.steering.patches import PatchSet
 
@@ -322,17 +322,14 @@ def _start_rows(
     The copies of a sample that are not split and that no patch edits below the model's last layer share one
     row at step 0 (`decode_from_cache`); every other copy has its own.
     """
-    last = vlm.n_layers - 1
-    below = [p for p in (patch.patches if patch is not None else ()) if p.layer % vlm.n_layers != last]
-    scales = [p.scale.tolist() if isinstance(p.scale, Tensor) else [p.scale] * (n * copies) for p in below]
-    plain = all(is_plain(p) for p in below)
+    unedited = free_rows(layer_patches(patch, vlm.n_layers, last=False), n * copies)
     built: list[int] = []
     start: list[int] = []
     for b in range(n):
         shared = None
         for c in range(copies):
             r = b * copies + c
-            free = plain and (split_at is None or split_at[c] is None) and all(s[r] == 0 for s in scales)
+            free = unedited[r] and (split_at is None or split_at[c] is None)
             if free and shared is not None:
                 start.append(shared)
                 continue
